@@ -1,0 +1,1 @@
+"""Triton clients: classify files, batch offline scoring."""

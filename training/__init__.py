@@ -1,0 +1,1 @@
+"""PyTorch side: the TimeSformer model, checkpoints, preprocessing, datasets and training."""
