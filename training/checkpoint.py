@@ -120,7 +120,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, with_train_state: bool = Fa
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/foreign/unsafe files
-        raise CheckpointError(f"{path}: not a loadable native checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{path}: not a loadable native checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     return checkpoint_from_dict(d, source=str(path), with_train_state=with_train_state)
 
 
