@@ -1,1 +1,1 @@
-"""Sources of the generated Triton model repository: config templates, thin model.py files, the server launcher."""
+"""Sources of the generated Triton model repository: thin model.py files, the server launcher."""
