@@ -192,7 +192,7 @@ class Block(nn.Module):
 
         # Spatial: each frame attends over its own patches plus the block-input cls token.
         init_cls = x[:, :1, :]  # (B, 1, C)
-        cls = init_cls.expand(-1, t, -1).reshape(-1, 1, c)  # (B*T, 1, C)
+        cls = init_cls.repeat(1, t, 1).reshape(-1, 1, c)  # (B*T, 1, C); repeat exports as one Tile
         xs = xt.reshape(-1, hw, t, c).transpose(1, 2).reshape(-1, hw, c)  # (B*T, hw, C)
         xs = torch.cat((cls, xs), dim=1)  # (B*T, 1+hw, C)
         res_s = self.drop_path(self.attn(self.norm1(xs)))  # (B*T, 1+hw, C)
