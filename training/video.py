@@ -1,0 +1,595 @@
+"""Reference preprocessing: encoded video -> ``(V, 3, T, H, W)`` float32, on the CPU with PyAV (FFmpeg).
+
+This is the implementation training, the tests and the CPU serving path use; the DALI pipeline
+(``training/dali_pipeline.py``) is held equal to it. Steps:
+
+1. **Probe** (demux only, no decoding): every video packet's pts and keyframe flag. This gives the frame
+   count (checked against the container's claim), the presentation timeline and a keyframe index.
+2. **Sample** indices with :func:`training.sampling.sample_indices`.
+3. **Decode only what the indices need**: frames are identified by pts; when the next needed frame lies
+   beyond the next keyframe, seek to the keyframe before it instead of decoding on. Frames that are not
+   needed are never converted to RGB nor kept. When timestamps are unusable (missing/duplicated pts) or a
+   needed frame does not come out of the decoder (corrupt data, a container that claims more frames than
+   it holds), decoding falls back to counting frames in decode-output order from the start; the indices are
+   then re-sampled over the frames that really decode.
+4. **Rotate** by the display matrix (or legacy ``rotate`` tag), so portrait phone videos come out upright.
+5. **Resize** the short side to ``spec.short_side`` (bilinear, ``align_corners=False``, no antialias, as
+   PaddleVideo's ``JitterScale`` with paddle ``F.interpolate``); long side ``int(floor(long/short*size))``.
+6. **Crop** (``three`` = PaddleVideo's UniformCrop, ``center``, ``random`` with optional flip) and
+   **normalise** ``(rgb/255 - mean) / std``.
+
+Every bad input raises :class:`VideoDecodeError` (a ``ValueError``) with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import io
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.sampling import sample_indices
+from training.spec import PreprocessSpec
+
+VideoSource = str | Path | bytes | bytearray | memoryview | np.ndarray
+
+
+class VideoDecodeError(ValueError):
+    """A video that cannot be turned into a clip; the message names the source and the problem."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on the work one request may cause; anything beyond is refused with a clear error.
+
+    max_bytes: encoded size.
+    max_pixels: width*height of a frame (default 4096x2160, "4K DCI"; 8K is refused).
+    max_decoded_frames: frames the decoder may produce for one clip, over every pass (decode work).
+    max_packets: video packets the probe may read (bounds the demux pass and the frame count).
+    threads: decoder threads (0 = FFmpeg's choice); ``thread_type='AUTO'`` (frame + slice threading).
+    """
+
+    max_bytes: int = 1 << 30
+    max_pixels: int = 4096 * 2160
+    max_decoded_frames: int = 20_000
+    max_packets: int = 1_000_000
+    threads: int = 0
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass
+class VideoInfo:
+    """What the demux-only probe learnt about a video stream."""
+
+    width: int
+    height: int
+    fps: float
+    total_frames: int  # video packets with data (= frames for every common codec)
+    claimed_frames: int  # the container's own count (stream.frames), 0 when it has none
+    codec: str
+    pix_fmt: str | None
+    frame_pts: list[int] | None  # presentation-ordered pts, None when timestamps are unusable
+    keyframe_pts: list[int] = field(default_factory=list)  # sorted pts of keyframe packets
+    truncated: bool = False  # the demuxer stopped on an error before the end of the data
+
+    @property
+    def seekable(self) -> bool:
+        return self.frame_pts is not None and len(self.keyframe_pts) > 0
+
+
+@dataclass
+class DecodedClip:
+    """Sampled frames as decoded (uint8 RGB, rotation applied), before resizing."""
+
+    frames: list[np.ndarray]  # T x (H, W, 3) uint8, in index order (repeats allowed)
+    indices: list[int]
+    total_frames: int  # frames the indices were sampled over (decodable ones if the claim was wrong)
+    fps: float
+    rotation: int
+    decoded_frames: int  # decode work spent (frames out of the decoder)
+    seeks: int
+    info: VideoInfo
+
+
+@dataclass
+class PreprocessedClip:
+    """The model-ready clip and how it was made."""
+
+    views: np.ndarray  # (V, 3, T, H, W) float32, C-contiguous
+    indices: list[int]
+    total_frames: int
+    fps: float
+    rotation: int = 0
+    decoded_frames: int = 0
+    seeks: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Opening and probing
+
+
+def _describe(source: VideoSource) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return (
+        f"<{len(memoryview(source).cast('B')) if not isinstance(source, np.ndarray) else source.size} bytes>"
+    )
+
+
+def _as_opener(source: VideoSource, limits: DecodeLimits) -> tuple[Any, str]:
+    """A zero-argument callable that opens a fresh container, and a name for error messages."""
+    if isinstance(source, (str, Path, os.PathLike)):
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise VideoDecodeError(f"{name}: no such file")
+        size = path.stat().st_size
+        if size == 0:
+            raise VideoDecodeError(f"{name}: empty file")
+        if size > limits.max_bytes:
+            raise VideoDecodeError(f"{name}: {size} bytes exceeds the limit of {limits.max_bytes} bytes")
+        return (lambda: av.open(name, mode="r", metadata_errors="ignore")), name
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8:
+            raise VideoDecodeError(f"encoded video array must be uint8, got {source.dtype}")
+        data = source.reshape(-1).tobytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        raise VideoDecodeError(f"unsupported video source type {type(source).__name__}")
+    name = f"<{len(data)} bytes>"
+    if len(data) == 0:
+        raise VideoDecodeError("empty video payload (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise VideoDecodeError(f"{name}: exceeds the limit of {limits.max_bytes} bytes")
+    return (lambda: av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")), name
+
+
+def _open(opener: Any, name: str) -> Any:
+    try:
+        return opener()
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(f"{name}: not a readable video container ({exc.strerror or exc})") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise VideoDecodeError(f"{name}: cannot open ({exc})") from exc
+
+
+def _video_stream(container: Any, name: str) -> Any:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoDecodeError(f"{name}: no video stream (streams: {', '.join(kinds)})")
+    return container.streams.video[0]
+
+
+def _frame_rate(stream: Any) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and float(rate) > 0:
+            return float(rate)
+    return 0.0
+
+
+def _probe_container(container: Any, name: str, limits: DecodeLimits) -> VideoInfo:
+    stream = _video_stream(container, name)
+    cc = stream.codec_context
+    width, height = int(cc.width or 0), int(cc.height or 0)
+    if width * height > limits.max_pixels:
+        raise VideoDecodeError(
+            f"{name}: frame size {width}x{height} exceeds the limit of {limits.max_pixels} pixels"
+        )
+    pts: list[int | None] = []
+    keys: list[int] = []
+    truncated = False
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the end-of-stream flush marker
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe and packet.pts is not None:
+                keys.append(packet.pts)
+            if len(pts) > limits.max_packets:
+                raise VideoDecodeError(f"{name}: more than {limits.max_packets} video packets")
+    except av.error.FFmpegError:
+        truncated = True  # decode what was demuxed; the decoder decides what is sound
+    frame_pts: list[int] | None = None
+    if pts and all(p is not None for p in pts):
+        ordered = sorted(pts)  # type: ignore[type-var]
+        if len(set(ordered)) == len(ordered):
+            frame_pts = ordered  # type: ignore[assignment]
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=_frame_rate(stream),
+        total_frames=len(pts),
+        claimed_frames=int(stream.frames or 0),
+        codec=cc.name,
+        pix_fmt=cc.pix_fmt,
+        frame_pts=frame_pts,
+        keyframe_pts=sorted(keys),
+        truncated=truncated,
+    )
+
+
+def probe_video(source: VideoSource, *, limits: DecodeLimits | None = None) -> VideoInfo:
+    """Demux-only look at a video: size, frame rate, frame count, keyframes. Decodes nothing."""
+    limits = limits or DEFAULT_LIMITS
+    opener, name = _as_opener(source, limits)
+    container = _open(opener, name)
+    try:
+        return _probe_container(container, name, limits)
+    finally:
+        container.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+
+
+class _Work:
+    """Counts decoder output across passes and enforces ``max_decoded_frames``."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit, self.frames, self.seeks, self.errors = name, limit, 0, 0, 0
+
+    def tick(self) -> None:
+        self.frames += 1
+        if self.frames > self.limit:
+            raise VideoDecodeError(
+                f"{self.name}: decoding would need more than {self.limit} frames (max_decoded_frames)"
+            )
+
+
+def _configure(stream: Any, limits: DecodeLimits) -> None:
+    # Frame+slice threading roughly doubles decode speed on 2 cores for H.264/HEVC/VP9 at web sizes.
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = limits.threads
+
+
+def _frames(container: Any, stream: Any, work: _Work) -> Iterator[Any]:
+    """Decoded frames in output (presentation) order; a packet that fails to decode is skipped."""
+    try:
+        for packet in container.demux(stream):
+            try:
+                out = packet.decode()
+            except av.error.FFmpegError:
+                work.errors += 1  # corrupt packet: keep going, what is sound still decodes
+                continue
+            for frame in out:
+                work.tick()
+                yield frame
+    except av.error.FFmpegError:
+        work.errors += 1  # demuxer gave up (truncated data): drain what the decoder still holds
+        try:
+            for frame in stream.codec_context.decode(None):
+                work.tick()
+                yield frame
+        except av.error.FFmpegError:
+            return
+
+
+def _check_size(frame: Any, name: str, limits: DecodeLimits) -> None:
+    if frame.width * frame.height > limits.max_pixels:
+        raise VideoDecodeError(
+            f"{name}: frame size {frame.width}x{frame.height} exceeds the limit of {limits.max_pixels} pixels"
+        )
+
+
+def _to_rgb(frame: Any) -> np.ndarray:
+    # Any pixel format (gray, yuv420p10le, yuv444p, yuvj...) -> packed RGB8 via swscale, as PaddleVideo does.
+    return frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+
+
+def _frame_rotation(frame: Any, stream: Any) -> int:
+    try:
+        rot = int(round(frame.rotation or 0))
+    except (AttributeError, ValueError, TypeError):
+        rot = 0
+    if rot == 0:
+        # Legacy files: a clockwise 'rotate' tag instead of a display matrix.
+        tag = stream.metadata.get("rotate") if stream.metadata else None
+        if tag:
+            try:
+                rot = -int(float(tag))
+            except ValueError:
+                rot = 0
+    return ((rot + 180) % 360) - 180 if rot % 90 == 0 else 0
+
+
+def _decode_by_pts(
+    opener: Any, name: str, info: VideoInfo, needed: list[int], limits: DecodeLimits, work: _Work
+) -> tuple[dict[int, np.ndarray], int]:
+    """Seek path: frames ``needed`` (sorted unique indices) by pts; returns what it found and the rotation."""
+    assert info.frame_pts is not None
+    targets = [info.frame_pts[i] for i in needed]  # ascending pts
+    want = dict(zip(targets, needed))
+    keys = info.keyframe_pts
+    out: dict[int, np.ndarray] = {}
+    rotation = 0
+    container = _open(opener, name)
+    try:
+        stream = _video_stream(container, name)
+        _configure(stream, limits)
+        gen: Iterator[Any] | None = None
+        pos: int | None = None  # largest pts decoded since the last seek
+        floor_pts: int | None = None  # frames before the keyframe we seeked to are not trustworthy
+        ti = 0
+        while ti < len(targets):
+            t = targets[ti]
+            k = keys[max(bisect.bisect_right(keys, t) - 1, 0)]
+            if gen is None or pos is None or k > pos:
+                # The next needed frame lies beyond the next keyframe: jump there instead of decoding on.
+                container.seek(k, stream=stream, backward=True, any_frame=False)
+                work.seeks += 1
+                gen = _frames(container, stream, work)
+                pos, floor_pts = None, min(k, t)
+            for frame in gen:
+                fp = frame.pts
+                if fp is None:
+                    return out, rotation  # timestamps vanished: let the caller fall back
+                if pos is None and fp > t:
+                    return out, rotation  # the seek landed after the target (bad index)
+                pos = fp if pos is None else max(pos, fp)
+                if fp in want and fp not in out and fp >= floor_pts:
+                    _check_size(frame, name, limits)
+                    if not out:
+                        rotation = _frame_rotation(frame, stream)
+                    out[fp] = _to_rgb(frame)
+                if pos >= t:
+                    break
+            else:
+                break  # stream ended
+            while ti < len(targets) and (targets[ti] in out or targets[ti] <= pos):
+                ti += 1
+    finally:
+        container.close()
+    return {want[p]: a for p, a in out.items()}, rotation
+
+
+def _decode_by_order(
+    opener: Any, name: str, needed: set[int], limits: DecodeLimits, work: _Work
+) -> tuple[dict[int, np.ndarray], int, int, bool]:
+    """Decode from the start, counting frames as they come out; keep only ``needed`` ones.
+
+    Returns (frames by index, frames counted, rotation, reached_end).
+    """
+    out: dict[int, np.ndarray] = {}
+    rotation = 0
+    last = max(needed)
+    count = 0
+    container = _open(opener, name)
+    try:
+        stream = _video_stream(container, name)
+        _configure(stream, limits)
+        for frame in _frames(container, stream, work):
+            if getattr(frame, "is_corrupt", False):
+                continue  # a frame the decoder itself flags as broken is not a frame of the video
+            if count in needed:
+                _check_size(frame, name, limits)
+                if not out:
+                    rotation = _frame_rotation(frame, stream)
+                out[count] = _to_rgb(frame)
+            count += 1
+            if count > last:
+                return out, count, rotation, False
+    finally:
+        container.close()
+    return out, count, rotation, True
+
+
+def decode_clip(
+    source: VideoSource,
+    spec: PreprocessSpec,
+    *,
+    limits: DecodeLimits | None = None,
+    rng: np.random.Generator | None = None,
+    seek: bool = True,
+) -> DecodedClip:
+    """Sample ``spec.num_frames`` indices and decode exactly those frames (uint8 RGB, upright).
+
+    ``seek=False`` forces the decode-from-the-start path (used to check the seek path against it).
+    """
+    limits = limits or DEFAULT_LIMITS
+    opener, name = _as_opener(source, limits)
+    container = _open(opener, name)
+    try:
+        info = _probe_container(container, name, limits)
+    finally:
+        container.close()
+    if info.total_frames == 0:
+        raise VideoDecodeError(f"{name}: the video stream holds no frames")
+    work = _Work(name, limits.max_decoded_frames)
+    rng_replay = copy.deepcopy(rng)  # re-sampling after a wrong frame count must draw the same way
+    total = info.total_frames
+    indices = [int(i) for i in sample_indices(total, info.fps, spec, rng)]
+    needed = sorted(set(indices))
+    frames: dict[int, np.ndarray] = {}
+    rotation = 0
+    if seek and info.seekable:
+        try:
+            frames, rotation = _decode_by_pts(opener, name, info, needed, limits, work)
+        except VideoDecodeError:
+            raise
+        except (av.error.FFmpegError, OSError) as exc:
+            work.errors += 1
+            frames = {}
+            del exc
+    if any(i not in frames for i in needed):
+        frames, count, rotation, ended = _decode_by_order(opener, name, set(needed), limits, work)
+        if ended and count < total:
+            # The container promised more frames than decode: sample over what really exists.
+            if count == 0:
+                raise VideoDecodeError(f"{name}: no frame could be decoded ({info.codec}, corrupt data?)")
+            total = count
+            indices = [int(i) for i in sample_indices(total, info.fps, spec, rng_replay)]
+            needed = sorted(set(indices))
+            if any(i not in frames for i in needed):
+                frames, count, rotation, _ = _decode_by_order(opener, name, set(needed), limits, work)
+        missing = [i for i in needed if i not in frames]
+        if missing:
+            raise VideoDecodeError(f"{name}: frames {missing[:5]} could not be decoded (corrupt data?)")
+    k = rotation // 90 % 4
+    picked = {i: (np.ascontiguousarray(np.rot90(a, k)) if k else a) for i, a in frames.items()}
+    return DecodedClip(
+        frames=[picked[i] for i in indices],
+        indices=indices,
+        total_frames=total,
+        fps=info.fps,
+        rotation=rotation,
+        decoded_frames=work.frames,
+        seeks=work.seeks,
+        info=info,
+    )
+
+
+def decode_all_frames(source: VideoSource, *, limits: DecodeLimits | None = None) -> list[np.ndarray]:
+    """Every frame as uint8 RGB (upright), in decode-output order. For small videos (caches, tests)."""
+    limits = limits or DEFAULT_LIMITS
+    opener, name = _as_opener(source, limits)
+    work = _Work(name, limits.max_decoded_frames)
+    out: list[np.ndarray] = []
+    container = _open(opener, name)
+    try:
+        stream = _video_stream(container, name)
+        _configure(stream, limits)
+        rotation = 0
+        for frame in _frames(container, stream, work):
+            if getattr(frame, "is_corrupt", False):
+                continue
+            _check_size(frame, name, limits)
+            if not out:
+                rotation = _frame_rotation(frame, stream)
+            out.append(_to_rgb(frame))
+    finally:
+        container.close()
+    if not out:
+        raise VideoDecodeError(f"{name}: no frame could be decoded")
+    k = rotation // 90 % 4
+    return [np.ascontiguousarray(np.rot90(a, k)) for a in out] if k else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resize, crop, normalise
+
+
+def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """``(new_h, new_w)``: short side -> ``short_side``, long side ``int(floor(long / short * short_side))``.
+
+    The float expression is PaddleVideo's ``JitterScale`` one, so sizes agree to the pixel.
+    """
+    if width <= height and width == short_side or height <= width and height == short_side:
+        return height, width
+    if width < height:
+        return int(math.floor((float(height) / width) * short_side)), short_side
+    return short_side, int(math.floor((float(width) / height) * short_side))
+
+
+def resize_frames(frames: np.ndarray | list[np.ndarray], short_side: int) -> torch.Tensor:
+    """uint8 frames ``(T, H, W, 3)`` -> float32 ``(T, 3, h, w)`` on the 0..255 scale, short side scaled.
+
+    Bilinear, ``align_corners=False``, no antialias: the same sampling grid as PaddleVideo's
+    ``F.interpolate`` on its float tensor. Frames of differing sizes are each scaled to the first one's size.
+    """
+    first = frames[0]
+    h, w = first.shape[:2]
+    nh, nw = scaled_size(h, w, short_side)
+    if isinstance(frames, np.ndarray) or all(f.shape == first.shape for f in frames):
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(frames) if isinstance(frames, list) else frames))
+        x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+        if (nh, nw) == (h, w):
+            return x.contiguous()
+        return F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+    parts = []
+    for f in frames:
+        x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+        parts.append(F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False))
+    return torch.cat(parts)  # (T, 3, nh, nw)
+
+
+def crop_offsets(
+    height: int, width: int, spec: PreprocessSpec, rng: np.random.Generator | None = None
+) -> list[tuple[int, int]]:
+    """``(y, x)`` top-left corners of the views for a frame of this (already resized) size.
+
+    ``three``: PaddleVideo's UniformCrop -- landscape: left, right, centre (x = 0, 2s, s with
+    ``s = (W - crop) // 2``, y centred); portrait: top, bottom, middle. ``center``: ``((H-c)//2, (W-c)//2)``.
+    ``random``: uniform over valid corners from ``rng`` (centre without ``rng``).
+    """
+    c = spec.crop_size
+    if height < c or width < c:
+        raise ValueError(f"a {c}x{c} crop does not fit a {width}x{height} frame (short_side < crop_size?)")
+    cy, cx = (height - c) // 2, (width - c) // 2
+    if spec.crops == "three":
+        if height <= width:
+            return [(cy, 0), (cy, 2 * cx), (cy, cx)]
+        return [(0, cx), (2 * cy, cx), (cy, cx)]
+    if spec.crops == "random" and rng is not None:
+        return [(int(rng.integers(0, height - c + 1)), int(rng.integers(0, width - c + 1)))]
+    return [(cy, cx)]
+
+
+def views_from_frames(
+    frames: np.ndarray | list[np.ndarray],
+    spec: PreprocessSpec,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """uint8 frames ``(T, H, W, 3)`` -> normalised views ``(V, 3, T, c, c)`` float32 (resize, crop, flip).
+
+    With ``crops='random'`` and ``rng``: a random short side in ``[short_side, short_side_max]``, a random
+    crop and (when ``spec.flip``) a horizontal flip with probability 0.5. Without ``rng`` it is
+    deterministic (short side ``short_side``, centre crop, no flip).
+    """
+    train = spec.crops == "random" and rng is not None
+    short = spec.short_side
+    if train and spec.short_side_max is not None:
+        short = int(rng.integers(spec.short_side, spec.short_side_max + 1))
+    x = resize_frames(frames, short)  # (T, 3, h, w), 0..255
+    _, _, h, w = x.shape
+    c = spec.crop_size
+    offsets = crop_offsets(h, w, spec, rng if train else None)
+    views = torch.stack([x[:, :, y : y + c, x0 : x0 + c] for y, x0 in offsets])  # (V, T, 3, c, c)
+    if train and spec.flip and rng.random() < 0.5:
+        views = views.flip(-1)
+    views = views.permute(0, 2, 1, 3, 4)  # (V, 3, T, c, c)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    out = (views / 255.0 - mean) / std
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+
+def preprocess_video(
+    source: VideoSource,
+    spec: PreprocessSpec,
+    *,
+    limits: DecodeLimits | None = None,
+    rng: np.random.Generator | None = None,
+) -> PreprocessedClip:
+    """Encoded video (path, bytes or uint8 array) -> the model's input ``(V, 3, T, H, W)`` float32.
+
+    ``rng`` drives the training randomness (``segment`` sampling, ``random`` crops, flips); without it the
+    result is deterministic. Raises :class:`VideoDecodeError` naming the problem for any bad input.
+    """
+    clip = decode_clip(source, spec, limits=limits, rng=rng)
+    try:
+        views = views_from_frames(clip.frames, spec, rng)
+    except ValueError as exc:
+        raise VideoDecodeError(f"{_describe(source)}: {exc}") from exc
+    return PreprocessedClip(
+        views=views,
+        indices=clip.indices,
+        total_frames=clip.total_frames,
+        fps=clip.fps,
+        rotation=clip.rotation,
+        decoded_frames=clip.decoded_frames,
+        seeks=clip.seeks,
+    )
