@@ -21,6 +21,7 @@ CODECS: dict[str, tuple[str, str, str]] = {
     "mjpeg": ("mjpeg", ".avi", "yuvj420p"),
     "mpeg4": ("mpeg4", ".mp4", "yuv420p"),
     "av1": ("libsvtav1", ".mp4", "yuv420p"),
+    "ffv1": ("ffv1", ".mkv", "yuv420p"),  # lossless, any pixel format and odd sizes
 }
 
 # Quiet, fast, deterministic settings per encoder.
@@ -53,13 +54,15 @@ def encode_video(
     rotation: int | None = None,
     bitrate: int | None = None,
     crf: int | None = None,
+    faststart: bool = False,
 ) -> Path:
     """Encode ``frames`` (T, H, W, 3) uint8 RGB to ``path`` with a real encoder and return the path.
 
     ``codec`` is a key of :data:`CODECS`; the container follows ``path``'s extension (pass a path without
     one to get the codec's default). ``gop`` is the keyframe interval in frames, ``rotation`` a display
     matrix rotation (counter-clockwise degrees, as FFmpeg reads it back), ``pix_fmt`` any format the
-    encoder takes (gray, yuv444p, yuv420p10le ...).
+    encoder takes (gray, yuv444p, yuv420p10le ...). ``faststart`` puts an MP4's index before its data
+    (so a truncated file still opens and claims more frames than it holds).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -70,7 +73,8 @@ def encode_video(
         path = path.with_suffix(ext)
     t, h, w, _ = frames.shape
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream(encoder, rate=rate, options=dict(_ENCODER_OPTIONS.get(encoder, {})))
         stream.width, stream.height = w, h
         stream.pix_fmt = pix_fmt or default_fmt

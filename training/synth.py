@@ -82,7 +82,7 @@ def render_clip(label: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     tex = _texture(rng, 64, 64, 140, 255)
     tex[:, 48:] = np.clip(tex[:, 48:].astype(int) + 60, 0, 255)  # a bright end: orientation is visible
     aspect = 3.0 if name.startswith("rotating") else float(rng.uniform(0.8, 1.25))
-    base = rng.uniform(0.22, 0.38) * short  # object height in pixels
+    base = rng.uniform(0.22, 0.4) * short  # object height in pixels (at the first frame)
     cx0, cy0 = rng.uniform(0, w), rng.uniform(0, h)
     angle0 = rng.uniform(0, 2 * math.pi) if name.startswith("rotating") else 0.0
     s = np.linspace(0.0, 1.0, n)  # (T,) normalised time
@@ -101,9 +101,8 @@ def render_clip(label: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         cy = cy0 + travel * h * s
     elif name in ("growing", "shrinking"):
         ratio = rng.uniform(1.8, 2.4)
-        # Log-symmetric sizes around `base`: a grow and a shrink start from the same size distribution.
-        log_span = math.log(ratio) * (s - 0.5) * (1 if name == "growing" else -1)
-        scale = np.exp(log_span)
+        # Both start from the same size distribution (`base`); only the direction of change differs.
+        scale = np.exp(math.log(ratio) * s * (1 if name == "growing" else -1))
         cx = np.full(n, rng.uniform(0.35, 0.65) * w)
         cy = np.full(n, rng.uniform(0.35, 0.65) * h)
     else:

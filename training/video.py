@@ -166,7 +166,14 @@ def _open(opener: Any, name: str) -> Any:
         raise VideoDecodeError(f"{name}: cannot open ({exc})") from exc
 
 
+# Demuxers that read single pictures: a PNG or JPEG is an image, not a video, and is refused.
+_IMAGE_FORMATS = ("image2", "image2pipe")
+
+
 def _video_stream(container: Any, name: str) -> Any:
+    fmt = container.format.name
+    if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
+        raise VideoDecodeError(f"{name}: a still image ({fmt}), not a video")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoDecodeError(f"{name}: no video stream (streams: {', '.join(kinds)})")
@@ -303,7 +310,10 @@ def _frame_rotation(frame: Any, stream: Any) -> int:
                 rot = -int(float(tag))
             except ValueError:
                 rot = 0
-    return ((rot + 180) % 360) - 180 if rot % 90 == 0 else 0
+    if rot % 90:
+        return 0  # only quarter turns are meaningful for a pixel grid
+    rot %= 360
+    return rot - 360 if rot > 180 else rot  # (-180, 180]
 
 
 def _decode_by_pts(
