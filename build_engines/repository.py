@@ -1,0 +1,237 @@
+"""``config.pbtxt`` generation for the Triton model repository, for the ``cpu`` and the ``gpu`` target.
+
+Configs are built as ``ModelConfig`` protobuf messages (the schema Triton itself parses) and written with
+``text_format``, so a field name or type mistake fails here, not at server start. Everything shape-related
+comes from the checkpoint's :class:`~training.spec.PreprocessSpec` and class count.
+
+Layout (``V`` views, ``T`` frames, ``S`` crop size, ``K`` classes, ``N`` max batch size = videos)::
+
+    video_classifier/   ensemble   VIDEO uint8 [-1] -> PROBS fp32 [K] (label_filename labels.txt); 1/ empty
+    frame_indices/      python     VIDEO -> FRAME_INDICES int32 [T]                         (gpu only)
+    preprocess/         python (cpu: PyAV reference) | dali (gpu: mixed pipeline, NVDEC)
+                                   VIDEO (+ FRAME_INDICES) -> VIEWS fp32 [V, 3, T, S, S]
+    classifier/         python + ONNX Runtime (cpu) | tensorrt_plan (gpu)
+                                   VIEWS [V, 3, T, S, S] -> PROBS [K]  (softmax per view, mean over views)
+
+Batching: every model has ``max_batch_size N`` and a dynamic batcher; one batch item is one video. The
+encoded ``VIDEO`` differs in length per request, so it is marked ``allow_ragged_batch`` (the python
+backend receives the requests one by one anyway; DALI takes ragged batches natively). The classifier's
+batch item is one video's (V, 3, T, S, S) views: the serving graph folds them to B*V model inputs and
+back, so TensorRT and ONNX Runtime see one dense (B, V, 3, T, S, S) tensor per batch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from training.spec import PreprocessSpec
+from triton_models import contract
+from triton_models.runtime import ServingLimits, write_spec_file
+
+PYTHON_MODEL_SOURCES = Path(__file__).resolve().parents[1] / "triton_models" / "python_models"
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """Serving knobs; the defaults suit the 2-core CPU host (cpu) and one GPU (gpu)."""
+
+    target: str = "cpu"
+    max_batch_size: int = 4
+    precision: str = "fp32"
+    instances: int = 1  # classifier instances
+    preprocess_instances: int = 2  # decoding runs while the classifier computes
+    max_queue_delay_us: int = 5000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    limits: ServingLimits = field(default_factory=ServingLimits)
+
+    def __post_init__(self) -> None:
+        if self.target not in contract.TARGETS:
+            raise ValueError(f"target must be one of {contract.TARGETS}, got {self.target!r}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.target == "cpu" and self.precision == "fp16":
+            raise ValueError("precision fp16 needs the gpu target (this CPU has no fast fp16 path)")
+        for name in ("max_batch_size", "instances", "preprocess_instances"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} outside 1..max_batch_size={self.max_batch_size}")
+
+
+def _tensor(name: str, dtype: int, dims: Sequence[int], *, ragged: bool = False) -> mc.ModelInput:
+    t = mc.ModelInput(name=name, data_type=dtype, dims=list(dims))
+    if ragged:
+        t.allow_ragged_batch = True
+    return t
+
+
+def _output(name: str, dtype: int, dims: Sequence[int], label_filename: str = "") -> mc.ModelOutput:
+    return mc.ModelOutput(name=name, data_type=dtype, dims=list(dims), label_filename=label_filename)
+
+
+def _batching(cfg: mc.ModelConfig, opts: RepositoryOptions) -> None:
+    cfg.max_batch_size = opts.max_batch_size
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    cfg.dynamic_batching.preferred_batch_size.extend(opts.preferred_batch_sizes)
+
+
+def _instances(cfg: mc.ModelConfig, count: int, gpu: bool) -> None:
+    kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    group = mc.ModelInstanceGroup(kind=kind, count=count)
+    if gpu:
+        group.gpus.append(0)
+    cfg.instance_group.append(group)
+
+
+def views_dims(spec: PreprocessSpec) -> list[int]:
+    """[V, 3, T, S, S]: one video's views, the batch item of preprocess output and classifier input."""
+    return list(spec.output_shape)
+
+
+def ensemble_config(spec: PreprocessSpec, num_classes: int, opts: RepositoryOptions) -> mc.ModelConfig:
+    """``video_classifier``: the only model users call."""
+    cfg = mc.ModelConfig(name=contract.ENSEMBLE, platform="ensemble", max_batch_size=opts.max_batch_size)
+    cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1]))
+    cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes], contract.LABELS_FILE))
+    steps = cfg.ensemble_scheduling.step
+    if opts.target == "gpu":
+        s = steps.add(model_name=contract.FRAME_SAMPLER, model_version=-1)
+        s.input_map[contract.VIDEO] = contract.VIDEO
+        s.output_map[contract.FRAME_INDICES] = contract.ENSEMBLE_FRAME_INDICES
+    s = steps.add(model_name=contract.PREPROCESS, model_version=-1)
+    s.input_map[contract.VIDEO] = contract.VIDEO
+    if opts.target == "gpu":
+        s.input_map[contract.FRAME_INDICES] = contract.ENSEMBLE_FRAME_INDICES
+    s.output_map[contract.VIEWS] = contract.ENSEMBLE_VIEWS
+    s = steps.add(model_name=contract.CLASSIFIER, model_version=-1)
+    s.input_map[contract.VIEWS] = contract.ENSEMBLE_VIEWS
+    s.output_map[contract.PROBS] = contract.PROBS
+    return cfg
+
+
+def preprocess_python_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.ModelConfig:
+    """cpu target: the reference PyAV preprocessing in the python backend."""
+    cfg = mc.ModelConfig(name=contract.PREPROCESS, backend="python")
+    _batching(cfg, opts)
+    cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
+    cfg.output.append(_output(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
+    _instances(cfg, opts.preprocess_instances, gpu=False)
+    return cfg
+
+
+def frame_indices_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.ModelConfig:
+    """gpu target: probe + sample in the python backend (CPU), feeding DALI the frame numbers."""
+    cfg = mc.ModelConfig(name=contract.FRAME_SAMPLER, backend="python")
+    _batching(cfg, opts)
+    cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
+    cfg.output.append(_output(contract.FRAME_INDICES, mc.TYPE_INT32, [spec.num_frames]))
+    _instances(cfg, opts.preprocess_instances, gpu=False)
+    return cfg
+
+
+def preprocess_dali_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.ModelConfig:
+    """gpu target: the serialized ``mixed`` DALI pipeline (NVDEC decode of the given frames)."""
+    cfg = mc.ModelConfig(name=contract.PREPROCESS, backend="dali")
+    _batching(cfg, opts)
+    # Inputs are matched to the pipeline's external_source names; outputs follow the pipeline's order.
+    cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
+    cfg.input.append(_tensor(contract.FRAME_INDICES, mc.TYPE_INT32, [spec.num_frames]))
+    cfg.output.append(_output(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
+    # Each DALI instance holds its own decoder and buffers: one per GPU is the usual sweet spot.
+    _instances(cfg, 1, gpu=True)
+    return cfg
+
+
+def classifier_python_config(
+    spec: PreprocessSpec, num_classes: int, opts: RepositoryOptions
+) -> mc.ModelConfig:
+    """cpu target: ONNX Runtime inside the python backend (the wheel's server has no onnxruntime backend)."""
+    cfg = mc.ModelConfig(name=contract.CLASSIFIER, backend="python")
+    _batching(cfg, opts)
+    cfg.input.append(_tensor(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
+    cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes]))
+    _instances(cfg, opts.instances, gpu=False)
+    return cfg
+
+
+def classifier_tensorrt_config(
+    spec: PreprocessSpec, num_classes: int, opts: RepositoryOptions
+) -> mc.ModelConfig:
+    """gpu target: the TensorRT plan (profile batch 1..max_batch_size) with the same tensors."""
+    cfg = mc.ModelConfig(name=contract.CLASSIFIER, platform="tensorrt_plan")
+    cfg.default_model_filename = contract.PLAN_FILE
+    _batching(cfg, opts)
+    cfg.input.append(_tensor(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
+    cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes]))
+    _instances(cfg, opts.instances, gpu=True)
+    return cfg
+
+
+def write_config(cfg: mc.ModelConfig, repository: str | Path) -> Path:
+    """Write ``<repository>/<name>/config.pbtxt`` (and the ``1/`` version folder)."""
+    model_dir = Path(repository) / cfg.name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    path = model_dir / "config.pbtxt"
+    path.write_text(text_format.MessageToString(cfg))
+    return path
+
+
+def parse_config(path: str | Path) -> mc.ModelConfig:
+    """Read a ``config.pbtxt`` back (what Triton does); raises ``ValueError`` naming the file."""
+    try:
+        return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise ValueError(f"{path}: not a valid model config ({exc})") from exc
+
+
+def _copy_python_model(name: str, source: str, repository: Path) -> Path:
+    dest = repository / name / "1" / "model.py"
+    shutil.copyfile(PYTHON_MODEL_SOURCES / source, dest)
+    return dest
+
+
+def generate_configs(
+    repository: str | Path,
+    spec: PreprocessSpec,
+    labels: Sequence[str],
+    opts: RepositoryOptions,
+) -> list[Path]:
+    """Write every config, the labels, the spec files and the python models' sources for ``opts.target``.
+
+    Artefacts (ONNX, plan, DALI pipeline) are the caller's job (:mod:`build_engines.build`).
+    """
+    repository = Path(repository)
+    num_classes = len(labels)
+    if num_classes < 1:
+        raise ValueError("a classifier needs at least one label")
+    if any("\n" in x or "\r" in x for x in labels):
+        raise ValueError("label names must not contain line breaks (labels.txt is one label per line)")
+    written: list[Path] = []
+    ens = write_config(ensemble_config(spec, num_classes, opts), repository)
+    labels_file = ens.parent / contract.LABELS_FILE
+    labels_file.write_text("".join(f"{x}\n" for x in labels))
+    written += [ens, labels_file]
+    if opts.target == "cpu":
+        pre = write_config(preprocess_python_config(spec, opts), repository)
+        written += [pre, write_spec_file(pre.parent, spec, opts.limits)]
+        written.append(_copy_python_model(contract.PREPROCESS, "preprocess.py", repository))
+        cls = write_config(classifier_python_config(spec, num_classes, opts), repository)
+        written += [cls, _copy_python_model(contract.CLASSIFIER, "classifier.py", repository)]
+    else:
+        fi = write_config(frame_indices_config(spec, opts), repository)
+        written += [fi, write_spec_file(fi.parent, spec, opts.limits)]
+        written.append(_copy_python_model(contract.FRAME_SAMPLER, "frame_indices.py", repository))
+        pre = write_config(preprocess_dali_config(spec, opts), repository)
+        written += [pre, write_spec_file(pre.parent, spec, opts.limits)]
+        written.append(write_config(classifier_tensorrt_config(spec, num_classes, opts), repository))
+    return written

@@ -1,0 +1,36 @@
+"""Triton python-backend model ``frame_indices`` (gpu target): VIDEO bytes -> FRAME_INDICES int32 (T,).
+
+Copied into the generated repository as ``frame_indices/1/model.py``. It demuxes the container with PyAV
+(nothing is decoded) to learn the frame count and rate, then applies the sampling every implementation
+shares; the DALI ``preprocess`` model then decodes exactly those frames on the GPU. Being the ensemble's
+first step, it is also where a bad file is refused with a per-request INVALID_ARGUMENT error.
+"""
+
+import os
+import sys
+
+# The backend stub's embedded interpreter ignores PYTHONPATH; put the project on sys.path from it.
+for _p in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _p and _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from triton_models import contract, runtime  # noqa: E402
+
+
+class TritonPythonModel:
+    """Probe + sample per request; a bad video fails only its own request."""
+
+    def initialize(self, args: dict) -> None:
+        self.settings = runtime.load_model_settings(args)
+
+    def execute(self, requests: list) -> list:
+        spec, limits = self.settings.spec, self.settings.limits
+        return runtime.serve_each(
+            pb_utils,
+            requests,
+            contract.VIDEO,
+            contract.FRAME_INDICES,
+            lambda video: runtime.frame_indices_payload(video, spec, limits),
+        )
