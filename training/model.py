@@ -321,7 +321,8 @@ class TimeSformer(nn.Module):
             self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
             self.time_drop = nn.Dropout(drop_rate)
 
-        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth)]  # stochastic depth decay rule
+        # Stochastic depth decay rule (linspace 0..rate), in Python so meta-device construction works.
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             [
                 Block(
