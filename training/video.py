@@ -397,6 +397,25 @@ def _decode_by_order(
     return out, count, rotation, True
 
 
+def sample_video_indices(
+    source: VideoSource,
+    spec: PreprocessSpec,
+    *,
+    limits: DecodeLimits | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, VideoInfo]:
+    """The frame indices (int32) the reference would decode, from a demux-only probe (no decoding).
+
+    This is what a DALI pipeline is fed as ``FRAME_INDICES``. (For a container whose frame count is wrong
+    the reference re-samples after decoding; a probe alone cannot know.)
+    """
+    limits = limits or DEFAULT_LIMITS
+    info = probe_video(source, limits=limits)
+    if info.total_frames == 0:
+        raise VideoDecodeError(f"{_describe(source)}: the video stream holds no frames")
+    return sample_indices(info.total_frames, info.fps, spec, rng).astype(np.int32), info
+
+
 def decode_clip(
     source: VideoSource,
     spec: PreprocessSpec,
