@@ -493,13 +493,13 @@ def infer_model_config(
     return cfg
 
 
-_BLOCK_PARTS = ("norm1.", "attn.", "norm2.", "mlp.fc1.", "mlp.fc2.")
-_TEMPORAL_PARTS = ("temporal_norm1.", "temporal_attn.", "temporal_fc.")
+_BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+_TEMPORAL_PARTS = ("temporal_norm1", "temporal_attn.qkv", "temporal_attn.proj", "temporal_fc")
 
 
 def _known_block_key(rest: str, divided: bool) -> bool:
-    parts = _BLOCK_PARTS + (_TEMPORAL_PARTS if divided else ())
-    return any(rest.startswith(p) for p in parts) and rest.split(".")[-1] in ("weight", "bias")
+    part, _, leaf = rest.rpartition(".")
+    return part in _BLOCK_PARTS + (_TEMPORAL_PARTS if divided else ()) and leaf in ("weight", "bias")
 
 
 def build_and_load(cfg: dict[str, Any], sd: Mapping[str, torch.Tensor]) -> TimeSformer:
