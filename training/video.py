@@ -177,7 +177,10 @@ def _video_stream(container: Any, name: str) -> Any:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoDecodeError(f"{name}: no video stream (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg parsed the container but has no decoder for its codec
+        raise VideoDecodeError(f"{name}: unsupported video codec (no decoder for it in this FFmpeg build)")
+    return stream
 
 
 def _frame_rate(stream: Any) -> float:
