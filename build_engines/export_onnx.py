@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         out = export_onnx(ckpt, args.out, opset=args.opset, verify=not args.no_verify)
     except (CheckpointError, ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     c, t, h, w = _input_shape(ckpt)
     size_mb = out.stat().st_size / 1e6

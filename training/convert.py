@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = save_checkpoint(ckpt, args.out)
     except (ConvertError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     c = ckpt.model_config
     n_params = sum(v.numel() for v in ckpt.state_dict.values())
