@@ -43,6 +43,7 @@ from clients.scoring.inputs import InputError, InputItem, InputSource
 from clients.scoring.ledger import DoneSet, LedgerError, verify_input
 from clients.scoring.outputs import OutputError, ResultSink
 from clients.scoring.retry import Backoff, classify
+from clients.triton import parse_classification
 from triton_models.contract import ENSEMBLE, PROBS, VIDEO
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -187,11 +188,9 @@ class ModelInfo:
                 timeout=timeout_s,
             )
             names = [f"class_{i}" for i in range(self.num_classes)]
-            for entry in np.asarray(result.as_numpy(PROBS)).reshape(-1):
-                text = entry.decode("utf-8", errors="replace") if isinstance(entry, bytes) else str(entry)
-                parts = text.split(":", 2)  # value:index[:label]; a label may itself contain ':'
-                if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < self.num_classes:
-                    names[int(parts[1])] = parts[2]
+            for pred in parse_classification(result.as_numpy(PROBS)):
+                if 0 <= pred.class_id < self.num_classes:
+                    names[pred.class_id] = pred.label
             self.labels = names
 
 
@@ -372,8 +371,9 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
         summary.skipped = done.count
         summary.repaired_bytes = sink.log.repaired_bytes
         if total is not None and done.count >= total:
-            sink.open()
-            sink.close(complete=True)
+            if not sink.finished():  # e.g. a crash between the last row and the Parquet conversion
+                sink.open()
+                sink.close(complete=True)
             summary.complete = True
             return summary
 

@@ -272,7 +272,8 @@ def output_format(path: str | Path) -> str:
 
 
 class ResultSink:
-    """The scorer's output, whatever the format: ``existing()`` rows (resume), ``write``, ``finish``."""
+    """The scorer's output, whatever the format: ``existing()`` rows (resume), ``open``, ``write``,
+    ``close(complete=...)``."""
 
     def __init__(self, path: str | Path, *, flush_rows: int = 256, flush_s: float = 0.5) -> None:
         self.path = Path(path)
@@ -292,15 +293,27 @@ class ResultSink:
         paths = [self.log.path] + ([self.path] if self.format == ".parquet" else [])
         return any(p.exists() and p.stat().st_size > 0 for p in paths)
 
-    def existing(self) -> Iterator[dict[str, Any]]:
-        """Rows already written (torn tail repaired). For Parquet: a finished file is first turned back
-        into the journal so that the run can continue appending."""
+    def _finished_parquet(self) -> bool:
+        # A finished Parquet output has no journal left (or only the empty file a lock created).
         journal_empty = not self.log.path.exists() or self.log.path.stat().st_size == 0
-        if self.format == ".parquet" and self.path.exists() and journal_empty:
-            _parquet_to_journal(self.path, self.log.path)
-        yield from self.log.recover()
+        return self.format == ".parquet" and self.path.exists() and journal_empty
+
+    def finished(self) -> bool:
+        """Whether nothing is left to finalise (a JSONL/CSV file always; Parquet once converted)."""
+        return self.format != ".parquet" or self._finished_parquet()
+
+    def existing(self) -> Iterator[dict[str, Any]]:
+        """Rows already written (torn tail repaired; consume the whole iterator). Reads only: a finished
+        Parquet file is read as it is."""
+        if self._finished_parquet():
+            yield from _read_parquet(self.path)
+        else:
+            yield from self.log.recover()
 
     def open(self) -> None:
+        """Open for appending. A finished Parquet output is first turned back into a journal (streamed)."""
+        if self._finished_parquet():
+            _parquet_to_journal(self.path, self.log.path)
         self.log.open()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -376,8 +389,8 @@ def _arrow_safe(v: Any) -> Any:
     return v
 
 
-def _parquet_to_journal(parquet: Path, journal: Path) -> None:
-    """Re-create the journal from a finished Parquet output (streamed by row group)."""
+def _read_parquet(parquet: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a finished Parquet output, streamed by batch (bounded memory)."""
     import pyarrow.parquet as pq
 
     try:
@@ -387,11 +400,17 @@ def _parquet_to_journal(parquet: Path, journal: Path) -> None:
     missing = [c for c in FIELDS if c not in pf.schema_arrow.names]
     if missing:
         raise OutputError(f"{parquet}: not a scorer output (columns {missing} missing)")
+    for batch in pf.iter_batches(batch_size=50_000):
+        for i, row in enumerate(batch.to_pylist()):
+            yield _check_row({k: row.get(k) for k in FIELDS}, f"{parquet}: row {i}")
+
+
+def _parquet_to_journal(parquet: Path, journal: Path) -> None:
+    """Re-create the journal from a finished Parquet output, atomically."""
     tmp = journal.with_name(f".{journal.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for batch in pf.iter_batches(batch_size=50_000):
-            for row in batch.to_pylist():
-                f.write(JsonlCodec.encode({k: row.get(k) for k in FIELDS}))
+        for row in _read_parquet(parquet):
+            f.write(JsonlCodec.encode(row))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, journal)
