@@ -93,7 +93,10 @@ def encode_video(
         if rotation:
             stream.set_display_rotation(rotation)
         for i in range(t):
+            # Converted here with a fresh converter (the encoder's cached one depends on earlier encodes).
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+            frame = frame.reformat(format=stream.pix_fmt)
+            frame.pts, frame.time_base = i, 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

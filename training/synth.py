@@ -141,8 +141,12 @@ def encode_clip(path: Path, frames: np.ndarray, fps: int, codec: str) -> Path:
         if encoder == "mjpeg":
             stream.codec_context.flags |= av.codec.context.Flags.qscale
             stream.codec_context.qscale = 3
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        for i, image in enumerate(frames):
+            # Convert to the encoder's pixel format here, with a fresh converter: the encoder's own
+            # cached converter made the bytes depend on the previously encoded clip's size.
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -1,0 +1,96 @@
+"""The synthetic motion dataset: layout, determinism, and that only motion tells the classes apart."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import read_file_list, read_label_list
+from training.synth import CLASSES, main, make_synthetic_dataset, render_clip
+from training.video import probe_video
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_lists_and_determinism(tmp_path: Path) -> None:
+    counts = make_synthetic_dataset(tmp_path / "a", per_class=1, val_per_class=1, seed=5, progress=False)
+    assert counts == {"train": 8, "val": 8}
+    names = read_label_list(tmp_path / "a" / "labels.txt")
+    assert names == list(CLASSES)
+    train = read_file_list(tmp_path / "a" / "train.list", labels=names)
+    val = read_file_list(tmp_path / "a" / "val.list", labels=names)
+    assert sorted(e.label for e in train) == list(range(8))
+    assert not {e.path for e in train} & {e.path for e in val}
+    for e in train:
+        info = probe_video(tmp_path / "a" / e.path)
+        assert info.codec == "h264" and 64 <= min(info.width, info.height) <= 128
+        assert 1.4 <= info.total_frames / info.fps <= 3.1
+        assert info.frame_pts is not None
+        key_frames = [info.frame_pts.index(k) for k in info.keyframe_pts]
+        assert key_frames == list(range(0, info.total_frames, round(2 * info.fps)))  # keyframe every 2 s
+    make_synthetic_dataset(tmp_path / "b", per_class=1, val_per_class=1, seed=5, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")  # same seed, same bytes
+    make_synthetic_dataset(tmp_path / "c", per_class=1, val_per_class=1, seed=6, progress=False)
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def _centroid_and_area(frames: np.ndarray, clip_background: int = 130) -> tuple[np.ndarray, np.ndarray]:
+    bright = frames.max(axis=-1) > clip_background  # the object is brighter than any background texel
+    ys, xs = np.nonzero(bright[0])
+    area = bright.reshape(len(frames), -1).sum(axis=1)
+    return np.array([xs.mean(), ys.mean()]), area
+
+
+@pytest.mark.parametrize("label", range(len(CLASSES)))
+def test_motion_defines_the_class(label: int) -> None:
+    frames, fps = render_clip(label, np.random.default_rng(label))
+    assert frames.dtype == np.uint8 and frames.ndim == 4 and fps in (12, 15, 20, 24, 25, 30)
+    t, h, w, _ = frames.shape
+    bright = frames.max(axis=-1) > 130  # (T, H, W)
+    area = bright.reshape(t, -1).sum(axis=1)
+    name = CLASSES[label]
+    if name.startswith("moving"):
+        axis = 2 if name in ("moving_left", "moving_right") else 1
+        size = w if axis == 2 else h
+        prof = bright.sum(axis=3 - axis)  # (T, size): object mass along the motion axis
+        # Wrapped displacement between consecutive frames (circular cross-correlation), summed.
+        shift = 0
+        for a, b in zip(prof[:-1], prof[1:]):
+            corr = [np.dot(a, np.roll(b, -s)) for s in range(size)]
+            step = int(np.argmax(corr))
+            shift += step - size if step > size // 2 else step
+        sign = 1 if name in ("moving_right", "moving_down") else -1
+        assert sign * shift > 0.3 * size
+    elif name in ("growing", "shrinking"):
+        ratio = area[-1] / area[0]
+        assert ratio > 2.5 if name == "growing" else ratio < 0.4
+    else:
+        assert abs(area[-1] / area[0] - 1) < 0.35  # a rotating bar keeps its size
+
+
+def test_first_frame_does_not_reveal_the_pair() -> None:
+    """Paired classes share start statistics: object size at the first frame, grow vs shrink."""
+    grow = [render_clip(4, np.random.default_rng(s))[0] for s in range(12)]
+    shrink = [render_clip(5, np.random.default_rng(100 + s))[0] for s in range(12)]
+
+    def rel_area(f: np.ndarray) -> float:
+        return float((f[0].max(axis=-1) > 130).mean())
+
+    g, s = np.median([rel_area(f) for f in grow]), np.median([rel_area(f) for f in shrink])
+    assert 0.5 < g / s < 2.0
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--out", str(tmp_path), "--per-class", "1", "--val-per-class", "0", "--codec", "mjpeg"]) == 0
+    assert "8 train + 0 val" in capsys.readouterr().out
+    assert (tmp_path / "train" / "growing" / "00000.avi").is_file()
+    assert main(["--out", str(tmp_path), "--per-class", "0"]) == 2
