@@ -34,8 +34,8 @@ from training.spec import PreprocessSpec
 from training.video import (
     DecodeLimits,
     VideoDecodeError,
-    decode_clip,
     decode_all_frames,
+    decode_clip,
     resize_frames,
     views_from_frames,
 )
