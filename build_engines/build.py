@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         build_repository(args.checkpoint, args.out, opts)
     except (CheckpointError, BuildError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the cause
         return 2
     return 0
 

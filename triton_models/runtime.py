@@ -141,14 +141,11 @@ def preprocess_payload(array: np.ndarray, spec: PreprocessSpec, limits: ServingL
 def frame_indices_payload(array: np.ndarray, spec: PreprocessSpec, limits: ServingLimits) -> np.ndarray:
     """gpu target's ``frame_indices`` model: probe the container (demux only, nothing decoded) and pick
     the frames DALI will decode, with the sampling shared by every implementation. Returns int32 (T,)."""
-    from training.sampling import sample_indices
-    from training.video import VideoDecodeError, probe_video
+    from training.video import sample_video_indices
 
     data = video_payload(array, limits)
-    info = probe_video(data, limits=limits.decode_limits())
-    if info.total_frames < 1:
-        raise VideoDecodeError("video stream has no frames")
-    return sample_indices(info.total_frames, info.fps, spec).astype(np.int32)  # (T,)
+    indices, _ = sample_video_indices(data, spec, limits=limits.decode_limits())
+    return np.ascontiguousarray(indices, dtype=np.int32)  # (T,)
 
 
 # ---------------------------------------------------------------------------------------------------
