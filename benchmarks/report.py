@@ -410,13 +410,13 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         rows = [
             [
                 name,
-                b["count"],
-                _fmt(b["videos_per_s"], 2),
-                _fmt(b["p50_ms"]),
-                _fmt(b["p95_ms"]),
-                _fmt(b["p99_ms"]),
+                b.get("count", "–"),
+                _fmt(b.get("videos_per_s"), 2),
+                _fmt(b.get("p50_ms")),
+                _fmt(b.get("p95_ms")),
+                _fmt(b.get("p99_ms")),
                 b.get("threads", ""),
-                b["description"],
+                b.get("description", ""),
             ]
             for name, b in base.items()
         ]

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import perf
-from benchmarks.videos import BenchVideo, make_bench_videos, save_manifest
+from benchmarks.videos import BenchVideo, make_bench_videos, probe, save_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -481,6 +481,14 @@ def run(args: argparse.Namespace) -> Path:
     settings: perf.PerfSettings = plan["settings"]
     if args.max_concurrency:
         plan["ensemble_levels"] = list(range(1, args.max_concurrency + 1))
+    if args.concurrency:
+        plan["ensemble_levels"] = args.concurrency
+    if args.composing_concurrency:
+        plan["composing_levels"] = args.composing_concurrency
+    if args.request_count:
+        settings = replace(settings, request_count=args.request_count)
+    if args.repeats:
+        plan["repeats"] = args.repeats
     perf.perf_analyzer_version()  # fail early (missing libb64-0d / libcudart) before minutes of set-up
     results: dict[str, Any] = {
         "created": datetime.now().isoformat(timespec="seconds"),
@@ -530,7 +538,13 @@ def run(args: argparse.Namespace) -> Path:
         results["spec"] = ckpt.preprocess.to_dict()
         results["views_per_video"] = ckpt.preprocess.num_views
 
-    videos = make_bench_videos(work / "videos", quick=args.quick)
+    if args.videos:
+        missing = [v for v in args.videos if not Path(v).is_file()]
+        if missing:
+            raise BenchError(f"--videos: no such file(s): {missing}")
+        videos = [probe(v, "given") for v in args.videos]
+    else:
+        videos = make_bench_videos(work / "videos", quick=args.quick)
     save_manifest(videos, out / "videos.json")
     results["videos"] = [asdict(v) for v in videos]
 
@@ -630,6 +644,16 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.replace(",", " ").split()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected concurrency levels like 1,2,4, got {text!r}") from exc
+    if not levels or any(c < 1 for c in levels):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
+    return sorted(set(levels))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few videos, short windows, small sweep (< 10 min)")
@@ -644,6 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soak", type=float, default=0.0, metavar="MINUTES", help="hold a concurrency this long")
     p.add_argument("--soak-concurrency", type=int, default=2, help="concurrency held during --soak")
     p.add_argument("--max-concurrency", type=int, help="ensemble sweep 1..N instead of the plan's levels")
+    p.add_argument("--concurrency", type=_levels, help="ensemble levels, e.g. 1,2,4 (overrides the plan)")
+    p.add_argument("--composing-concurrency", type=_levels, help="composing models' levels, e.g. 1,2")
+    p.add_argument("--request-count", type=int, help="perf_analyzer requests per count window")
+    p.add_argument("--repeats", type=int, help="timed passes over the videos per baseline")
+    p.add_argument("--videos", nargs="+", help="measure these encoded files instead of the generated set")
     p.add_argument("--ensemble-only", action="store_true", help="skip the composing models' sweeps")
     p.add_argument("--no-baselines", action="store_true", help="skip the in-process and naive baselines")
     p.add_argument("--max-batch-size", type=int, default=4, help="repository: videos per dynamic batch")
@@ -662,6 +691,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.soak_concurrency < 1 or (args.max_concurrency is not None and args.max_concurrency < 1):
         print("error: concurrencies must be >= 1", file=sys.stderr)
+        return 2
+    if (args.request_count is not None and args.request_count < 1) or (
+        args.repeats is not None and args.repeats < 1
+    ):
+        print("error: --request-count and --repeats must be >= 1", file=sys.stderr)
         return 2
     if (args.repository or args.server_pid or args.grpc_url) and not args.url:
         print(
