@@ -24,14 +24,51 @@ $(STAMP): requirements.txt
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt
 	@touch $(STAMP)
 
+# The whole story on the CPU: synthetic motion videos -> tiny TimeSformer -> cpu repository -> Triton ->
+# held-out videos classified over gRPC and HTTP. The server is stopped on success and on failure (trap).
+DEMO_DATA := data/synthetic
+DEMO_RUN := runs/synthetic_tiny
+DEMO_REPO := model_repository_demo
+DEMO_STATE := runs/demo_triton
+
 demo: setup
-	@echo "demo: not built yet (needs the serving pipeline)"; exit 1
+	@set -euo pipefail; \
+	trap '$(PY) -m triton_models.server stop --state-dir $(DEMO_STATE) >/dev/null 2>&1 || true' EXIT; \
+	if [ -f $(DEMO_DATA)/val.list ]; then echo "demo: $(DEMO_DATA) exists (make clean to regenerate)"; \
+	else $(PY) -m training.synth --out $(DEMO_DATA); fi; \
+	if [ -f $(DEMO_RUN)/best.pt ]; then echo "demo: $(DEMO_RUN)/best.pt exists (make clean to retrain)"; \
+	else $(PY) -m training.train -c training/configs/synthetic_tiny.yaml \
+	  -o output_dir=$(DEMO_RUN) -o data.root=$(DEMO_DATA); fi; \
+	$(PY) -m build_engines.build --checkpoint $(DEMO_RUN)/best.pt --target cpu -o $(DEMO_REPO); \
+	$(PY) -m triton_models.server stop --state-dir $(DEMO_STATE) >/dev/null; \
+	$(PY) -m triton_models.server start --repository $(DEMO_REPO) --state-dir $(DEMO_STATE); \
+	$(PY) -m clients.demo --data $(DEMO_DATA) --state-dir $(DEMO_STATE)
+
+# Triton model repository from a native checkpoint: make build-engines CHECKPOINT=... TARGET=cpu|gpu
+# (BUILD_ARGS for more: --max-batch-size N --precision fp16 --instances N --max-queue-delay-us N ...).
+build-engines: setup
+	$(PY) -m build_engines.build --checkpoint $(CHECKPOINT) --target $(TARGET) -o $(REPO) $(BUILD_ARGS)
+
+# Start tritonserver (from the nvidia-pytriton wheel) in the background on $(HOST) (loopback unless given);
+# returns once ready. Pid, endpoints and log: runs/triton/. Stop with make stop.
+HOST ?= 127.0.0.1
+serve: setup
+	$(PY) -m triton_models.server start --repository $(REPO) --host $(HOST) \
+	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+stop:
+	@$(PY) -m triton_models.server stop
 
 test: setup
 	$(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Triton vs in-process vs naive on real videos -> benchmarks/results/<timestamp>/report.md.
+# QUICK=1: tiny model, short sweep (< 10 min on 2 cores). BENCH_ARGS: e.g. "--model base", "--soak 10".
+bench: setup
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .
@@ -42,4 +79,4 @@ format: setup
 	.venv/bin/ruff check --fix .
 
 clean:
-	rm -rf runs data model_repository build
+	rm -rf runs data model_repository model_repository_demo build
