@@ -266,10 +266,21 @@ def _configure(stream: Any, limits: DecodeLimits) -> None:
     stream.codec_context.thread_count = limits.threads
 
 
-def _frames(container: Any, stream: Any, work: _Work) -> Iterator[Any]:
-    """Decoded frames in output (presentation) order; a packet that fails to decode is skipped."""
+def _frames(container: Any, stream: Any, work: _Work, keep: set[int] | None = None) -> Iterator[Any]:
+    """Decoded frames in output (presentation) order; a packet that fails to decode is skipped.
+
+    With ``keep`` (the pts of the needed frames), packets of other pts are decoded with
+    ``skip_frame='NONREF'``: a frame no other frame references is then dropped unseen, while every
+    reference frame (and every needed frame) is decoded exactly as usual -- needed pixels never change.
+    The setting travels with each packet into FFmpeg's frame threads.
+    """
+    cc = stream.codec_context
     try:
         for packet in container.demux(stream):
+            if keep is not None:
+                mode = "DEFAULT" if packet.pts is None or packet.pts in keep else "NONREF"
+                if cc.skip_frame != mode:
+                    cc.skip_frame = mode
             try:
                 out = packet.decode()
             except av.error.FFmpegError:
@@ -344,7 +355,7 @@ def _decode_by_pts(
                 # The next needed frame lies beyond the next keyframe: jump there instead of decoding on.
                 container.seek(k, stream=stream, backward=True, any_frame=False)
                 work.seeks += 1
-                gen = _frames(container, stream, work)
+                gen = _frames(container, stream, work, keep=set(targets))
                 pos, floor_pts = None, min(k, t)
             for frame in gen:
                 fp = frame.pts
@@ -586,17 +597,19 @@ def views_from_frames(
     if train and spec.short_side_max is not None:
         short = int(rng.integers(spec.short_side, spec.short_side_max + 1))
     x = resize_frames(frames, short)  # (T, 3, h, w), 0..255
-    _, _, h, w = x.shape
+    t, _, h, w = x.shape
     c = spec.crop_size
     offsets = crop_offsets(h, w, spec, rng if train else None)
-    views = torch.stack([x[:, :, y : y + c, x0 : x0 + c] for y, x0 in offsets])  # (V, T, 3, c, c)
-    if train and spec.flip and rng.random() < 0.5:
-        views = views.flip(-1)
-    views = views.permute(0, 2, 1, 3, 4)  # (V, 3, T, c, c)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1, 1)
-    out = (views / 255.0 - mean) / std
-    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+    # Normalise once on the resized frames (views overlap), in place: (x/255 - mean)/std.
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    x.div_(255.0).sub_(mean).div_(std)
+    flip = bool(train and spec.flip and rng.random() < 0.5)
+    out = torch.empty((len(offsets), 3, t, c, c), dtype=torch.float32)  # (V, 3, T, c, c)
+    for v, (y, x0) in enumerate(offsets):
+        view = x[:, :, y : y + c, x0 : x0 + c].permute(1, 0, 2, 3)  # (3, T, c, c) view, no copy
+        out[v].copy_(view.flip(-1) if flip else view)
+    return out.numpy()
 
 
 def preprocess_video(
