@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "score_vs_perf"
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repository", help="an already built model repository (skips the build)")
     p.add_argument("--videos", type=int, default=400, help="inputs the scorer scores")
     p.add_argument("--distinct", type=int, default=16, help="distinct encoded videos (cycled)")
-    p.add_argument("--concurrency", default="1,2,4,8", help="perf_analyzer levels (comma-separated)")
+    p.add_argument("--concurrency", default="2,4,8", help="levels for both clients (comma-separated)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -158,29 +159,31 @@ def main(argv: list[str] | None = None) -> int:
         videos = make_videos(work / "videos", args.distinct)
         with TritonServer(repo, log_file=work / "server.log") as server:
             levels = [int(c) for c in args.concurrency.split(",")]
-            result = perf_analyzer_sweep(server, ENSEMBLE, videos, levels, work)
-            best = result.best.row
-            print(
-                f"bench: perf_analyzer best {best.throughput:.1f} infer/s at concurrency {best.concurrency}"
-            )
-            # Warm-up pass (first requests load lazily), then the measured runs.
-            score_run(server.grpc_url, videos, min(32, args.videos), best.concurrency, work)
-            scores = [
-                score_run(server.grpc_url, videos, args.videos, c, work)
-                for c in sorted({best.concurrency, 2 * best.concurrency})
-            ]
-            sweep_rows = [
-                {"concurrency": lv.row.concurrency, "throughput": lv.row.throughput} for lv in result.levels
-            ]
+            # Warm-up (the first requests initialise ONNX Runtime and the decoders lazily).
+            score_run(server.grpc_url, videos, min(32, args.videos), levels[-1], work)
+            sweep_rows, scores = [], []
+            # Interleave the two clients level by level, so that load from elsewhere on the host drifts into
+            # both sides of a ratio rather than into one of them.
+            for c in tqdm(levels, desc="levels", unit="level"):
+                lv = perf_analyzer_sweep(server, ENSEMBLE, videos, [c], work).levels[0]
+                sweep_rows.append({"concurrency": c, "throughput": lv.row.throughput, "stable": lv.stable})
+                scores.append(score_run(server.grpc_url, videos, args.videos, c, work))
+                print(
+                    f"bench: concurrency {c}: perf_analyzer {lv.row.throughput:.1f} infer/s, "
+                    f"scorer {scores[-1]['videos_per_s']:.1f} videos/s",
+                    flush=True,
+                )
+    best = max(sweep_rows, key=lambda r: r["throughput"])
     best_score = max(scores, key=lambda r: r["videos_per_s"])
-    ratio = best_score["videos_per_s"] / best.throughput
-    report = {"perf_analyzer": sweep_rows, "scorer": scores, "ratio": ratio}
+    ratio = best_score["videos_per_s"] / best["throughput"]
+    report = {"perf_analyzer": sweep_rows, "scorer": scores, "ratio": ratio, "videos": args.videos}
     (args.out / "score_vs_perf.json").write_text(json.dumps(report, indent=2))
     plot(sweep_rows, scores, args.out / "score_vs_perf.png")
     print(
         f"bench: scorer {best_score['videos_per_s']:.1f} videos/s "
         f"(concurrency {best_score['concurrency']}) vs "
-        f"perf_analyzer {best.throughput:.1f} infer/s -> ratio {ratio:.2f} "
+        f"perf_analyzer best {best['throughput']:.1f} infer/s (concurrency {best['concurrency']}) "
+        f"-> ratio {ratio:.2f} "
         f"(target >= 0.90) [{args.out / 'score_vs_perf.png'}]"
     )
     return 0

@@ -452,23 +452,31 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
 
         flush_task = loop.create_task(flusher())
         stopped_by: str = ""
+        stop_task = loop.create_task(stop.wait())
+
+        async def settle(limit: int) -> None:
+            # Collect finished rows until fewer than ``limit`` are in flight, or a stop signal arrives.
+            nonlocal pending
+            while len(pending) >= limit and not stop.is_set():
+                finished, pending = await asyncio.wait(
+                    pending | {stop_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+                finished.discard(stop_task)
+                pending.discard(stop_task)
+                collect(finished)
+
         try:
+            cut_short = False
             for item in source:
                 if item.ordinal in done:
                     continue
+                await settle(cfg.concurrency)
                 if stop.is_set():
-                    stopped_by = "interrupted"
+                    cut_short = True
                     break
-                while len(pending) >= cfg.concurrency:
-                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    collect(finished)
                 pending.add(loop.create_task(scorer.score(item)))
-            while pending and not stop.is_set():
-                finished, pending = await asyncio.wait(
-                    pending, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-                )
-                collect(finished)
-            if stop.is_set() and not stopped_by:
+            await settle(1)
+            if cut_short or pending:
                 stopped_by = "interrupted"
         except AllEndpointsDown as exc:
             stopped_by = str(exc)
@@ -479,9 +487,10 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
             for task in pending:
                 with contextlib.suppress(BaseException):
                     await task
-            flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flush_task
+            for t in (flush_task, stop_task):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             bar.close()
             scorer.io.shutdown(wait=False)
         summary.stopped = stopped_by

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from utils_server import build_tiny_repository
+from utils_video import encode_video, moving_square_frames
 
+from build_engines.repository import RepositoryOptions
 from clients.score import ScoreConfig, run
 from clients.scoring.outputs import JsonlCodec, ResultSink, RowLog
-from tests.utils_model import make_tiny_checkpoint
-from tests.utils_video import encode_video, moving_square_frames
 from triton_models.server import TritonServer
 
 pytestmark = pytest.mark.slow
@@ -46,17 +47,16 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from build_engines.build import build_repository
-
-    tmp = tmp_path_factory.mktemp("score_repo")
-    ckpt = make_tiny_checkpoint(tmp / "tiny.pt", num_classes=5, num_frames=4, img_size=32, labels=LABELS)
-    build_repository(ckpt, tmp / "repo", log=lambda *_: None)
-    return tmp / "repo"
+    # The default batcher delay (5 ms), not the helper's long test delay: these tests push hundreds of videos.
+    repo, _ckpt = build_tiny_repository(
+        tmp_path_factory.mktemp("score_repo"), labels=LABELS, options=RepositoryOptions()
+    )
+    return repo
 
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[TritonServer]:
-    with TritonServer(repository) as s:
+    with TritonServer(repository, extra_args=FAST_EXIT) as s:
         yield s
 
 
@@ -145,13 +145,22 @@ def test_sigkill_then_resume_gives_one_row_per_input_equal_to_an_uninterrupted_r
     lst = write_list(tmp_path / "list.txt", videos, n)
     out = tmp_path / "out.jsonl"
     args = ["--input", str(lst), "--out", str(out), "--url", server.grpc_url, "--top-k", "3"]
+    # SIGTERM: a clean stop, exit 1, the rows so far flushed.
     proc = start_cli([*args, "--concurrency", "2"])
-    wait_rows(out, 40, proc)
+    wait_rows(out, 20, proc)
+    proc.send_signal(signal.SIGTERM)
+    rc, err = finish(proc, 30)
+    assert rc == 1 and "STOPPED (interrupted)" in err, err
+    stopped = len(read_rows(out))
+    assert 20 <= stopped < n
+    # SIGKILL at a random moment of the resumed run.
+    proc = start_cli([*args, "--resume", "--concurrency", "2"])
+    wait_rows(out, stopped + 30, proc)
     time.sleep(random.Random(7).uniform(0.0, 0.4))
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     partial = read_rows(out)
-    assert 40 <= len(partial) < n, "the kill should land mid-run"
+    assert stopped + 30 <= len(partial) < n, "the kill should land mid-run"
     with open(out, "ab") as f:  # what a crash inside a write leaves: a line without its end
         f.write(JsonlCodec.encode(partial[-1]).encode()[:25])
     rc, err = finish(start_cli([*args, "--resume", "--concurrency", "4"]))
@@ -165,7 +174,7 @@ def test_sigkill_then_resume_gives_one_row_per_input_equal_to_an_uninterrupted_r
 def test_endpoints_down_stops_resumably_and_a_restarted_server_completes_the_run(
     repository: Path, videos: list[Path], reference: dict, tmp_path: Path
 ) -> None:
-    n = 200
+    n = 120
     lst = write_list(tmp_path / "list.txt", videos, n)
     out = tmp_path / "out.csv"
     s2 = TritonServer(repository, log_file=tmp_path / "s2.log", extra_args=FAST_EXIT).start()
@@ -210,7 +219,7 @@ def test_endpoints_down_stops_resumably_and_a_restarted_server_completes_the_run
 def test_two_endpoints_one_killed_mid_run_completes_on_the_other(
     server: TritonServer, repository: Path, videos: list[Path], reference: dict, tmp_path: Path
 ) -> None:
-    n = 200
+    n = 120
     lst = write_list(tmp_path / "list.txt", videos, n)
     out = tmp_path / "out.jsonl"
     s2 = TritonServer(repository, log_file=tmp_path / "s2.log").start()

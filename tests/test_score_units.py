@@ -251,6 +251,12 @@ def test_top_k_order_and_ties() -> None:
         (InferenceServerException("bad video", status="400"), False, False),
         (InferenceServerException("overloaded", status="503"), True, True),
         (InferenceServerException("gateway", status="504"), True, False),
+        (
+            InferenceServerException("Request for unknown model: 'm' has no available versions", "400"),
+            True,
+            True,
+        ),
+        (InferenceServerException("unknown model", status="StatusCode.NOT_FOUND"), True, True),
         (asyncio.TimeoutError(), True, False),
         (ConnectionRefusedError(111, "refused"), True, True),
         (ConnectionResetError(104, "reset"), True, True),

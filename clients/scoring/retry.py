@@ -15,6 +15,15 @@ from dataclasses import dataclass
 # gRPC status codes (as tritonclient prints them: "StatusCode.X").
 _GRPC_DOWN = {"UNAVAILABLE", "CANCELLED", "ABORTED"}
 _GRPC_TRANSIENT = _GRPC_DOWN | {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNKNOWN"}
+# Messages that mean "this server is not serving the model right now" (shutting down, unloading,
+# reloading) whatever status carries them -- over HTTP an unloaded model is a plain 400.
+_DOWN_MARKERS = (
+    "unknown model",
+    "has no available versions",
+    "server is stopping",
+    "server exiting",
+    "stopped accepting new inference requests",
+)
 # Server-side messages that mean "this instance is unwell", not "this input is bad".
 _TRANSIENT_MARKERS = (
     "stub process is not healthy",
@@ -54,6 +63,8 @@ def classify(exc: BaseException) -> Failure:
         low = msg.lower()
         code = status.removeprefix("StatusCode.")
         reason = f"{code or 'error'}: {msg}" if msg else code or "error"
+        if code == "NOT_FOUND" or any(m in low for m in _DOWN_MARKERS):
+            return Failure(True, True, reason)
         if code in _GRPC_TRANSIENT:
             return Failure(True, code in _GRPC_DOWN, reason)
         if code.isdigit():  # HTTP status
