@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib
 import os
 import random
 import tempfile
@@ -54,57 +53,60 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     return model
 
 
-def _convert_module() -> Any | None:
-    try:
-        return importlib.import_module("training.convert")
-    except ImportError:
-        return None
-
-
 def load_any_checkpoint(path: str | Path) -> Checkpoint:
-    """A native checkpoint, or one in another format (official .pyth, PaddleVideo .pdparams, mmaction)
-    imported through ``training.convert``."""
+    """A native checkpoint, or one in another format (official .pyth, PaddleVideo .pdparams, mmaction2)
+    imported through ``training.convert.convert_checkpoint``."""
     path = Path(path)
     try:
         return load_checkpoint(path)
     except CheckpointError as native_error:
-        conv = _convert_module()
-        loader = getattr(conv, "load_any", None) if conv else None
-        if loader is None:
+        if not path.is_file():
             raise
+        from training.convert import convert_checkpoint
+
         try:
-            ckpt = loader(path)
+            return convert_checkpoint(path)
         except (ValueError, OSError) as exc:
             raise CheckpointError(
-                f"{path}: neither a native checkpoint ({native_error}) nor importable: {exc}"
-            ) from exc
-        if not isinstance(ckpt, Checkpoint):
-            raise CheckpointError(
-                f"{path}: training.convert.load_any returned {type(ckpt).__name__}"
+                f"{path}: neither a native checkpoint nor an importable one ({exc})"
             ) from native_error
-        return ckpt
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> None:
-    """Initialise ``model`` from weights in any importable format, keeping its own head when the class
-    count differs (fine-tuning) and resizing nothing silently: shape mismatches are errors."""
-    conv = _convert_module()
-    init = getattr(conv, "init_from_pretrained", None) if conv else None
-    if init is not None:  # knows image (ViT) weights and their inflation to video
-        init(model, path)
-        return
-    sd = load_any_checkpoint(path).state_dict
+    """Initialise ``model`` in place from weights in any importable format.
+
+    ImageNet ViT image weights are inflated as the official ``load_pretrained`` does (temporal attention
+    copied from spatial, ``temporal_fc`` and ``time_embed`` zero, ``pos_embed`` resized when the grid
+    differs); video weights load by name with ``time_embed`` resized to the model's frame count. A head of
+    another class count is left at its fresh init (fine-tuning); any other mismatch is an error.
+    """
+    from training.formats import detect_format, inflate_image_weights, read_checkpoint_file, unwrap_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.pretrained: {path}: no such file")
+    try:
+        native = load_checkpoint(path).state_dict
+    except CheckpointError:
+        raw, container = unwrap_state_dict(read_checkpoint_file(path), str(path))
+        if detect_format(raw, container) == "vit-image":
+            report = inflate_image_weights(raw, model)
+            print(f"pretrained: {path}: {report.summary()}", flush=True)
+            return
+        native = load_any_checkpoint(path).state_dict
+    from training.formats import resize_time_embed_for
+
     own = model.state_dict()
-    keep = {
-        k: v for k, v in sd.items() if k in own and not (k.startswith("head.") and v.shape != own[k].shape)
-    }
-    bad = [k for k, v in keep.items() if v.shape != own[k].shape]
+    if "time_embed" in native and "time_embed" in own:
+        native = resize_time_embed_for(dict(native), own["time_embed"].shape[1])
+    keep = {k: v for k, v in native.items() if not (k.startswith("head.") and v.shape != own[k].shape)}
+    bad = [k for k, v in keep.items() if k not in own or v.shape != own[k].shape]
     if bad:
-        raise CheckpointError(f"{path}: weights of another shape for {bad[:5]}")
+        raise CheckpointError(f"{path}: pretrained weights do not fit the model: {bad[:5]}")
     missing, _ = model.load_state_dict(keep, strict=False)
-    non_head = [k for k in missing if not k.startswith("head.")]
-    if non_head:
-        raise CheckpointError(f"{path}: pretrained weights lack {non_head[:5]}")
+    lacking = [k for k in missing if not k.startswith("head.")]
+    if lacking:
+        raise CheckpointError(f"{path}: pretrained weights lack {lacking[:5]}")
 
 
 def load_teacher(path: str | Path, device: torch.device) -> nn.Module:
@@ -423,3 +425,136 @@ def restore_run(
         scaler.load_state_dict(ts["scaler"])
     set_rng_states(ts["rng"])
     return {k: ts[k] for k in new_run_state()}
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+
+
+def read_list(cfg: dict[str, Any], split: str) -> list[tuple[Path, int]]:
+    """``data.<split>_list`` under ``data.root`` as (video path, label) pairs.
+
+    Kinetics / synthetic lines: ``relative/path.mp4 label``; UCF-101 lines: ``path/without/extension
+    label`` with ``data.suffix`` (``.avi``) appended. Paths are relative to ``data.root``.
+    """
+    data = cfg["data"]
+    name = data["test_list"] or data["val_list"] if split == "test" else data[f"{split}_list"]
+    root = Path(data["root"])
+    path = Path(name) if Path(name).is_absolute() else root / name
+    if not path.is_file():
+        raise ValueError(f"data.{split}_list: {path}: no such file")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+            raise ValueError(f"{path}:{n}: expected '<video> <label>', got {line!r}")
+        out.append((root / (parts[0] + (data["suffix"] or "")), int(parts[1])))
+    if not out:
+        raise ValueError(f"{path}: the list is empty")
+    return out
+
+
+def read_labels(cfg: dict[str, Any], samples: list[tuple[Path, int]]) -> list[str]:
+    """Class names from ``data.label_list`` (``id name`` per line, e.g. UCF-101's classInd.txt with ids
+    from 1 is rebased to 0), or ``class_<i>`` for as many classes as the labels show."""
+    ll = cfg["data"]["label_list"]
+    if not ll:
+        return [f"class_{i}" for i in range(max(lbl for _, lbl in samples) + 1)]
+    path = Path(ll) if Path(ll).is_absolute() else Path(cfg["data"]["root"]) / ll
+    if not path.is_file():
+        raise ValueError(f"data.label_list: {path}: no such file")
+    rows = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
+    if not rows or any(len(r) != 2 or not r[0].isdigit() for r in rows):
+        raise ValueError(f"{path}: expected '<id> <name>' lines")
+    ids = [int(r[0]) for r in rows]
+    base = min(ids)
+    if sorted(ids) != list(range(base, base + len(ids))) or base not in (0, 1):
+        raise ValueError(f"{path}: class ids must be consecutive from 0 (or 1)")
+    names = [""] * len(rows)
+    for i, (_, name) in zip(ids, rows):
+        names[i - base] = name.strip()
+    return names
+
+
+class VideoClips:
+    """Videos of a list, each read as ONE view of ``spec`` (training: random segment sampling, scale and
+    crop; validation: the deterministic centre view).
+
+    ``cache=True`` decodes each video once and keeps it in memory: deterministic clips (validation) are
+    kept as the finished tensor, bit-identical to the uncached path; for random clips (training) every
+    decoded frame is kept, downscaled to the spec's largest short side (``short_side_max``), and each epoch
+    samples, scales and crops from those -- a second, small resize that only training sees. Meant for
+    small data sets (the synthetic demo: about 60 MB for 320 clips).
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], spec: Any, cache: bool = False) -> None:
+        self.samples, self.spec, self.cache = samples, spec, cache
+        self.random = spec.crops == "random" or spec.sampling == "segment"
+        self._store: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _frames(self, index: int) -> tuple[np.ndarray, float]:
+        from training.video import decode_all_frames, probe_video, resize_frames
+
+        path = self.samples[index][0]
+        frames = decode_all_frames(path)
+        if not frames:
+            raise ValueError(f"{path}: no frames decoded")
+        short = self.spec.short_side_max or self.spec.short_side
+        if min(frames[0].shape[:2]) > short:
+            t = resize_frames(frames, short)  # (N, 3, h, w) float 0..255
+            frames = list(t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return np.stack(frames), float(probe_video(path).fps)  # (N, h, w, 3) uint8
+
+    def get(self, index: int, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, int]:
+        from training.sampling import sample_indices
+        from training.video import preprocess_video, views_from_frames
+
+        label = self.samples[index][1]
+        if not self.random:
+            rng = None
+        if self.cache and not self.random:
+            if index not in self._store:
+                self._store[index] = torch.from_numpy(
+                    preprocess_video(self.samples[index][0], self.spec).views[0]
+                )
+            return self._store[index], label
+        if self.cache:
+            if index not in self._store:
+                self._store[index] = self._frames(index)
+            frames, fps = self._store[index]
+            idx = sample_indices(len(frames), fps, self.spec, rng)  # the same draws, in the same order,
+            views = views_from_frames(frames[idx], self.spec, rng)  # as preprocess_video makes
+            return torch.from_numpy(views[0]), label
+        views = preprocess_video(self.samples[index][0], self.spec, rng=rng).views  # (1, 3, T, H, W)
+        return torch.from_numpy(views[0]), label
+
+
+def build_datasets(cfg: dict[str, Any]) -> tuple[VideoClips, VideoClips, list[str]]:
+    """(train, val, label names) from the ``data`` section."""
+    from training.config import preprocess_spec
+
+    train_s, val_s = read_list(cfg, "train"), read_list(cfg, "val")
+    labels = read_labels(cfg, train_s + val_s)
+    bad = [lbl for _, lbl in train_s + val_s if lbl >= len(labels)]
+    if bad:
+        raise ValueError(f"label {max(bad)} in the lists but only {len(labels)} classes in the label list")
+    val_spec = preprocess_spec(cfg, "val_preprocess")
+    if val_spec.num_views != 1:
+        raise ValueError(
+            "data.val_preprocess must give one view (crops: center); three-crop testing is training.test"
+        )
+    cache = bool(cfg["data"]["cache"])
+    return (
+        VideoClips(train_s, preprocess_spec(cfg, "train_preprocess"), cache),
+        VideoClips(val_s, val_spec, cache),
+        labels,
+    )
+
+
+def list_samples(cfg: dict[str, Any], split: str) -> list[tuple[Path, int]]:
+    """(video, label) pairs of a split (``test`` falls back to the val list)."""
+    return read_list(cfg, split)

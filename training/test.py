@@ -69,6 +69,17 @@ class ViewsDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
+def predict_views(model: torch.nn.Module, views: torch.Tensor) -> torch.Tensor:
+    """(B, V, 3, T, H, W) views -> (B, K) class probabilities: softmax of each view, averaged over views.
+
+    Averaging probabilities (not logits), and applying softmax exactly once, as PaddleVideo's model does;
+    its predict tool's second softmax over the average would flatten the scores."""
+    b, v = views.shape[:2]
+    logits = model(views.flatten(0, 1)).float()  # (B*V, K)
+    return logits.softmax(-1).view(b, v, -1).mean(1)  # (B, K)
+
+
+@torch.no_grad()
 def evaluate_views(
     model: torch.nn.Module,
     loader: Any,
@@ -84,9 +95,8 @@ def evaluate_views(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)  # rows: true, cols: predicted
     counts = torch.zeros(3, dtype=torch.float64)  # top1, top5, n
     for views, labels in tqdm(loader, desc="test", disable=not show):
-        b, v = views.shape[:2]
-        logits = model(views.flatten(0, 1).to(device)).float()  # (B*V, K)
-        probs = logits.softmax(-1).view(b, v, -1).mean(1).cpu()  # (B, K): softmax per view, then mean
+        b = views.shape[0]
+        probs = predict_views(model, views.to(device)).cpu()  # (B, K)
         t1, t5 = topk_correct(probs, labels)
         counts += torch.tensor([t1, t5, b], dtype=torch.float64)
         for t, p in zip(labels.tolist(), probs.argmax(1).tolist()):
