@@ -138,6 +138,7 @@ def encode_clip(path: Path, frames: np.ndarray, fps: int, codec: str) -> Path:
         stream = container.add_stream(encoder, rate=Fraction(fps), options=dict(options))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.codec_context.gop_size = 2 * fps
+        stream.codec_context.thread_count = 1  # one encoder thread: the same bytes for the same seed
         if encoder == "mjpeg":
             stream.codec_context.flags |= av.codec.context.Flags.qscale
             stream.codec_context.qscale = 3
