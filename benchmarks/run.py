@@ -377,6 +377,14 @@ def summarize_soak(
     return out
 
 
+def best_pass(*passes: Any) -> dict[str, Any]:
+    """Summary of the fastest of a baseline's passes, with every pass's videos/s recorded."""
+    best = max(passes, key=lambda b: b.videos_per_s)
+    summary = best.summary()
+    summary["passes_videos_per_s"] = [b.videos_per_s for b in passes]
+    return summary
+
+
 # ----------------------------------------------------------------------------------------------------
 # Machine and versions
 
@@ -569,6 +577,19 @@ def run(args: argparse.Namespace) -> Path:
             )
         probs_srv = server_probs(srv["url"], srv["protocol"], videos)
 
+        # Baselines, while the server idles. The in-process one runs before and after the sweeps and
+        # the faster pass counts: on shared cores the background load drifts, and taking the baselines'
+        # best makes every ratio conservative for Triton.
+        baselines: dict[str, Any] = {}
+        agreement: dict[str, float] = {}
+        if repository is not None and not args.no_baselines:
+            from benchmarks import baselines as bl
+
+            ip_first, ip_probs = bl.run_in_process(videos, repository, repeats=plan["repeats"])
+            nv_first = bl.run_naive(videos, ckpt, repeats=plan["repeats"])[0] if ckpt is not None else None
+            agreement["server vs in-process"] = bl.max_abs_diff(probs_srv, ip_probs)
+            agreement["ensemble steps vs in-process"] = bl.max_abs_diff(walk_probs, ip_probs)
+
         models = [contract.ENSEMBLE] + ([] if args.ensemble_only else composing)
         levels = {
             m: plan["ensemble_levels"] if m == contract.ENSEMBLE else plan["composing_levels"] for m in models
@@ -594,19 +615,12 @@ def run(args: argparse.Namespace) -> Path:
                         f"{settings.stability_pct:g}% (shared cores); the last windows were taken"
                     )
 
-        # Baselines, while the server idles (same cores, nothing else running).
-        baselines: dict[str, Any] = {}
-        agreement: dict[str, float] = {}
         if repository is not None and not args.no_baselines:
-            from benchmarks import baselines as bl
-
-            ip, ip_probs = bl.run_in_process(videos, repository, repeats=plan["repeats"])
-            baselines["in-process"] = ip.summary()
-            agreement["server vs in-process"] = bl.max_abs_diff(probs_srv, ip_probs)
-            agreement["ensemble steps vs in-process"] = bl.max_abs_diff(walk_probs, ip_probs)
-            if ckpt is not None:
-                nv, nv_probs = bl.run_naive(videos, ckpt, repeats=plan["repeats"])
-                baselines["naive"] = nv.summary()
+            ip_second, _ = bl.run_in_process(videos, repository, repeats=plan["repeats"])
+            baselines["in-process"] = best_pass(ip_first, ip_second)
+            if ckpt is not None and nv_first is not None:
+                nv_second, nv_probs = bl.run_naive(videos, ckpt, repeats=plan["repeats"])
+                baselines["naive"] = best_pass(nv_first, nv_second)
                 agreement["naive vs in-process"] = bl.max_abs_diff(nv_probs, ip_probs)
         results["baselines"] = baselines
         results["agreement"] = agreement
