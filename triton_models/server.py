@@ -126,6 +126,26 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def check_stub_libraries(backend_dir: Path, env: dict[str, str]) -> None:
+    """Raise a clear :class:`ServerError` when the python backend stub cannot load its shared libraries
+    (a Python built without ``libpython3.X.so``, e.g. Debian's without the ``libpython3.X`` package);
+    otherwise every python-backend model would fail to load with a less obvious message."""
+    stub = backend_dir / "python" / "triton_python_backend_stub"
+    try:
+        # The stub is a symlink; its $ORIGIN rpath (bundled libcudart) is relative to the wheel's file.
+        real = stub.resolve()
+        out = subprocess.run(["ldd", str(real)], capture_output=True, text=True, env=env, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return  # no ldd: let the server report it
+    missing = [line.split()[0] for line in out.splitlines() if "not found" in line]
+    if missing:
+        ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise ServerError(
+            f"the python backend stub cannot load {', '.join(missing)}: install this Python's shared library "
+            f"(Debian/Ubuntu: apt-get install libpython{ver}) or use a Python built with --enable-shared"
+        )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS says is free right now (bind to port 0). Racy by nature; :meth:`TritonServer.start`
     retries with new ports when the server fails to bind."""
@@ -237,6 +257,7 @@ class TritonServer:
             os.close(fd)
             self.log_file = Path(name)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        check_stub_libraries(prepare_backend_dir(), server_environment())
         last = ""
         for _ in range(max(1, attempts)):
             self.http_port, self.grpc_port, self.metrics_port = (
