@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="native checkpoint (default: a random tiny model)")
     p.add_argument("--repository", help="an already built model repository (skips the build)")
-    p.add_argument("--videos", type=int, default=400, help="inputs the scorer scores")
+    p.add_argument("--videos", type=int, default=800, help="inputs the scorer scores per level")
     p.add_argument("--distinct", type=int, default=16, help="distinct encoded videos (cycled)")
-    p.add_argument("--concurrency", default="2,4,8", help="levels for both clients (comma-separated)")
+    p.add_argument("--concurrency", default="4,8,16", help="levels for both clients (comma-separated)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 

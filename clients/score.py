@@ -405,6 +405,7 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
             return summary
 
         scorer = Scorer(cfg, source, pool, info)
+        sink.log.fsync_executor = scorer.io  # fsync off the event loop (the disk must not stall requests)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -492,6 +493,7 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
             bar.close()
+            sink.log.fsync_executor = None  # later flushes fsync inline
             scorer.io.shutdown(wait=False)
         summary.stopped = stopped_by
         summary.complete = not stopped_by
