@@ -5,6 +5,7 @@ and all three output formats with a torn last line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from utils_server import build_tiny_repository
 from utils_video import encode_video, moving_square_frames
@@ -230,10 +232,15 @@ def test_two_endpoints_one_killed_mid_run_completes_on_the_other(
         )
         wait_rows(out, 30, proc)
         assert s2.pid is not None
+        # A SIGKILLed tritonserver cannot stop its python-backend stubs: remember them to clean up.
+        stubs = psutil.Process(s2.pid).children(recursive=True)
         os.kill(s2.pid, signal.SIGKILL)
         rc, err = finish(proc)
     finally:
         s2.stop()
+        for stub in locals().get("stubs", []):
+            with contextlib.suppress(psutil.Error):
+                stub.kill()
     assert rc == 0, err
     assert f"endpoint {s2.grpc_url} down" in err
     rows = by_ordinal(read_rows(out), n)
