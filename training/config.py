@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "label_smoothing": 0.1,
         "checkpoint_every_steps": 0,  # optimizer steps between mid-epoch last.pt writes; 0: epoch ends only
         "eval_every_epochs": 1,
+        "plot_every_epochs": 1,  # curves.png refresh; 0: at the end only (plotting costs ~0.5 s)
         "max_steps_per_epoch": 0,  # 0: the whole epoch (a cap is for smoke runs)
         "compile": False,
     },
@@ -193,7 +194,7 @@ def validate(cfg: dict[str, Any]) -> None:
         )
     if tr["amp"] not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"train.amp must be auto|bf16|fp16|fp32, got {tr['amp']!r}")
-    for key in ("checkpoint_every_steps", "max_steps_per_epoch", "eval_every_epochs"):
+    for key in ("checkpoint_every_steps", "max_steps_per_epoch", "eval_every_epochs", "plot_every_epochs"):
         v = tr[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"train.{key} must be a non-negative integer, got {v!r}")

@@ -131,7 +131,9 @@ def train(
                 )
                 prune_swa(out, cfg["swa"]["last_k_epochs"])
             E.write_csv(st["history"], out / "log.csv")
-            E.plot_curves(st["history"], out / "curves.png", title=str(out))
+            pe = tr["plot_every_epochs"]
+            if epoch + 1 == tr["epochs"] or (pe and (epoch + 1) % pe == 0):
+                E.plot_curves(st["history"], out / "curves.png", title=str(out))
             print(
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             )
