@@ -11,7 +11,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: setup demo test test-fast lint format serve stop build-engines bench clean
+.PHONY: setup demo train test test-fast lint format serve stop build-engines bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,17 @@ demo: setup
 	$(PY) -m triton_models.server stop --state-dir $(DEMO_STATE) >/dev/null; \
 	$(PY) -m triton_models.server start --repository $(DEMO_REPO) --state-dir $(DEMO_STATE); \
 	$(PY) -m clients.demo --data $(DEMO_DATA) --state-dir $(DEMO_STATE)
+
+# Train a recipe (default: the CPU demo's, on data/synthetic, made when missing); NPROC>1 runs torchrun
+# (gloo on CPUs, NCCL on GPUs): make train [CONFIG=training/configs/....yaml] [NPROC=N] [TRAIN_ARGS="-o k=v"]
+CONFIG ?= training/configs/synthetic_tiny.yaml
+NPROC ?= 1
+train: setup
+	@if [ "$(CONFIG)" = training/configs/synthetic_tiny.yaml ] && [ ! -f data/synthetic/val.list ]; then \
+	  $(PY) -m training.synth --out data/synthetic; fi
+	@if [ "$(NPROC)" -gt 1 ]; then \
+	  $(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training.train -c $(CONFIG) $(TRAIN_ARGS); \
+	else $(PY) -m training.train -c $(CONFIG) $(TRAIN_ARGS); fi
 
 # Triton model repository from a native checkpoint: make build-engines CHECKPOINT=... TARGET=cpu|gpu
 # (BUILD_ARGS for more: --max-batch-size N --precision fp16 --instances N --max-queue-delay-us N ...).
