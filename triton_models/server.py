@@ -26,6 +26,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ DEFAULT_STATE_DIR = ROOT / "runs" / "triton"
 # re-mappings for a video of several MB or a (3, 3, 8, 224, 224) float32 tensor (14 MB).
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 SHM_GROWTH_BYTES = 16 * 1024 * 1024
+EXIT_TIMEOUT_S = 10
 
 
 class ServerError(RuntimeError):
@@ -163,10 +165,12 @@ def _http_ready(url: str, timeout_s: float = 1.0) -> bool:
 
 
 def _tail(path: Path | None, n: int = 15) -> str:
+    """The log's error lines (Triton writes them as ``E1129 ...``) and model load states, else its tail."""
     if path is None or not path.is_file():
         return "(no log)"
     lines = path.read_text(errors="replace").splitlines()
-    return "\n".join(lines[-n:])
+    errors = [x for x in lines if re.match(r"^E\d{4} ", x) or "UNAVAILABLE" in x]
+    return "\n".join((errors or lines)[-n:])
 
 
 class TritonServer:
@@ -232,6 +236,9 @@ class TritonServer:
             "--model-control-mode=none",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            # On SIGTERM, wait at most this long for in-flight work (the default 30 s also waits on idle
+            # keep-alive client connections).
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--http-address={self.host}",
             f"--grpc-address={self.host}",
             f"--metrics-address={self.host}",
