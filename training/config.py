@@ -264,6 +264,7 @@ def save_config(cfg: dict[str, Any], path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the config from other readers of the run
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

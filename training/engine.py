@@ -36,10 +36,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """``training.model.<arch>(num_classes=..., **kwargs)`` from the ``model`` config section, then the
-    ``pretrained`` weights (any format training.convert imports; ImageNet ViT image weights are inflated)."""
+    ``pretrained`` weights (any format training.convert imports; ImageNet ViT image weights are inflated),
+    then, if ``time_embed_init_std`` is set, a truncated-normal ``time_embed``."""
     from training import model as model_lib
 
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained")}
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "time_embed_init_std")}
     kwargs["num_classes"] = num_classes
     factory = getattr(model_lib, model_cfg["arch"], None)
     if not callable(factory) or model_cfg["arch"].startswith("_"):
@@ -50,6 +51,12 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
         raise ValueError(f"model section does not fit {model_cfg['arch']}: {exc}") from exc
     if model_cfg.get("pretrained"):
         load_pretrained(model, model_cfg["pretrained"])
+    std = model_cfg.get("time_embed_init_std")
+    if std and hasattr(model, "time_embed"):
+        # The official init leaves time_embed at zero; without it temporal attention cannot tell frame
+        # order, and from scratch (no image weights) the symmetric start learns direction very slowly.
+        with torch.no_grad():
+            nn.init.trunc_normal_(model.time_embed, std=float(std), a=-2 * float(std), b=2 * float(std))
     return model
 
 
