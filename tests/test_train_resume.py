@@ -51,7 +51,8 @@ def video_run_config(tmp: Path, name: str = "run", **train_keys: object) -> Path
             "label_list": "labels.txt",
             "cache": True,
             "train_preprocess": {**spec, "sampling": "segment", "short_side_max": 20, "crops": "random"},
-            "val_preprocess": {"crops": "center"},
+            "val_preprocess": {"crops": "center", "short_side": 16},
+            "test_preprocess": {"short_side": 16},
         },
         "train": {
             "epochs": 3,
