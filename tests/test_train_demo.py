@@ -37,7 +37,7 @@ def _videos(root: Path, split: str, per_class: int, seed: int) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_run_beats_chance_and_reversed_frames_fall_below(tmp_path: Path) -> None:
+def test_tiny_run_beats_chance_and_reversed_evaluation_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _videos(data, "train", 16, seed=0)
     _videos(data, "val", 6, seed=1)
