@@ -491,7 +491,8 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
             f"Server RSS (tritonserver + python-backend stubs): {soak.get('rss_window', 'first minute')} "
             f"{_fmt(soak.get('rss_first_mb'))} MB, then last {_fmt(soak.get('rss_last_mb'))} MB, "
             f"growth **{_fmt(growth)} MB** (whole soak: min {_fmt(soak.get('rss_min_mb'))}, "
-            f"max {_fmt(soak.get('rss_max_mb'))} MB).",
+            f"max {_fmt(soak.get('rss_max_mb'))} MB); trend over the second half "
+            f"{_fmt(soak.get('rss_second_half_mb_per_min'), 2)} MB/min.",
             "",
         ]
         if soak.get("error_messages"):

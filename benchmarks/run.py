@@ -376,6 +376,11 @@ def summarize_soak(
             rss_min_mb=float(mb.min()),
             rss_max_mb=float(mb.max()),
         )
+        half = t >= t[0] + (t[-1] - t[0]) / 2
+        if half.sum() >= 3 and np.ptp(t[half]) > 0:
+            # Allocators and shared-memory pools grow during warm-up and then plateau; a leak keeps a
+            # slope through the second half.
+            out["rss_second_half_mb_per_min"] = float(np.polyfit(t[half] / 60.0, mb[half], 1)[0])
     return out
 
 

@@ -246,6 +246,7 @@ def test_soak_summary_growth_and_windows() -> None:
     assert s["rss_first_mb"] == pytest.approx(503.0)
     assert s["rss_last_mb"] == pytest.approx(516.5)
     assert s["rss_growth_mb"] == pytest.approx(13.5)
+    assert s["rss_second_half_mb_per_min"] == pytest.approx(6.0)  # 0.1 MB/s
     assert all(w["videos_per_s"] == pytest.approx(2.0, abs=0.11) for w in s["windows"])
 
 
