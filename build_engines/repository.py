@@ -79,8 +79,16 @@ def _output(name: str, dtype: int, dims: Sequence[int], label_filename: str = ""
     return mc.ModelOutput(name=name, data_type=dtype, dims=list(dims), label_filename=label_filename)
 
 
-def _batching(cfg: mc.ModelConfig, opts: RepositoryOptions) -> None:
+def _batching(cfg: mc.ModelConfig, opts: RepositoryOptions, *, dynamic: bool = True) -> None:
+    """Batch dimension for every model; a dynamic batcher only where a batch is computed at once.
+
+    The python-backend decoding steps serve a batch's requests one after another, so a batcher there only
+    queues videos behind each other while other instances sit idle (measured: 11.4 -> 18.2 videos/s on the
+    tiny model when removed); their parallelism comes from instances instead.
+    """
     cfg.max_batch_size = opts.max_batch_size
+    if not dynamic:
+        return
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     cfg.dynamic_batching.preferred_batch_size.extend(opts.preferred_batch_sizes)
 
@@ -122,7 +130,7 @@ def ensemble_config(spec: PreprocessSpec, num_classes: int, opts: RepositoryOpti
 def preprocess_python_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.ModelConfig:
     """cpu target: the reference PyAV preprocessing in the python backend."""
     cfg = mc.ModelConfig(name=contract.PREPROCESS, backend="python")
-    _batching(cfg, opts)
+    _batching(cfg, opts, dynamic=False)
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
     cfg.output.append(_output(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
     _instances(cfg, opts.preprocess_instances, gpu=False)
@@ -132,7 +140,7 @@ def preprocess_python_config(spec: PreprocessSpec, opts: RepositoryOptions) -> m
 def frame_indices_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.ModelConfig:
     """gpu target: probe + sample in the python backend (CPU), feeding DALI the frame numbers."""
     cfg = mc.ModelConfig(name=contract.FRAME_SAMPLER, backend="python")
-    _batching(cfg, opts)
+    _batching(cfg, opts, dynamic=False)
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
     cfg.output.append(_output(contract.FRAME_INDICES, mc.TYPE_INT32, [spec.num_frames]))
     _instances(cfg, opts.preprocess_instances, gpu=False)
