@@ -1,4 +1,5 @@
-"""File lists, label lists and VideoDataset (seeded randomness, cache, failures)."""
+"""File lists, label lists, VideoDataset (seeded randomness, cache, failures) and the datasets of a
+training config's ``data`` section."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import pytest
 import torch
 from utils_video import encode_video, moving_square_frames
 
+from training.config import load_config
 from training.data import (
     DatasetError,
+    SeededDataset,
     VideoDataset,
     VideoEntry,
+    build_datasets,
     collate_skip_failures,
+    config_entries,
     read_file_list,
     read_label_list,
+    sample_rng,
 )
 from training.spec import PreprocessSpec
 from training.video import VideoDecodeError
@@ -68,6 +74,10 @@ def test_malformed_lists_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "empty.list").write_text("\n")
     with pytest.raises(DatasetError, match="empty"):
         read_file_list(tmp_path / "empty.list")
+    with pytest.raises(DatasetError, match="missing.list: no such file list"):
+        read_file_list(tmp_path / "missing.list")
+    with pytest.raises(DatasetError, match="missing.txt: no such label list"):
+        read_label_list(tmp_path / "missing.txt")
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +116,13 @@ def test_cache_matches_decoding(tiny_set: tuple[Path, list[VideoEntry]]) -> None
         diff = (plain[i][0] - cached[i][0]).abs().max().item()
         assert diff <= 0.6 / 255  # one uint8 rounding of the cached frames
     assert len(cached._frames) == len(entries)
+    # deterministic samples are cached as the finished views: bit-identical to decoding
+    plain_eval = VideoDataset(entries, root, EVAL, train=False)
+    cached_eval = VideoDataset(entries, root, EVAL, train=False, cache=True)
+    for i in range(len(entries)):
+        assert torch.equal(cached_eval[i][0], plain_eval[i][0])
+        assert torch.equal(cached_eval[i][0], plain_eval[i][0])  # second read: from the cache
+    assert len(cached_eval._views) == len(entries) and not cached_eval._frames
     loader = torch.utils.data.DataLoader(cached, batch_size=3, collate_fn=collate_skip_failures)
     views, labels = next(iter(loader))
     assert views.shape == (3, 1, 3, 4, 32, 32) and labels.tolist() == [0, 1, 0]
@@ -133,3 +150,52 @@ def test_worker_processes_see_the_same_samples(tiny_set: tuple[Path, list[VideoE
     got = [b[0][0] for b in loader]
     assert all(torch.equal(g, ds[i][0]) for i, g in enumerate(got))
     assert np.isfinite(torch.stack(got).numpy()).all()
+
+
+def test_seeded_keys_give_the_samples_of_that_epoch(tiny_set: tuple[Path, list[VideoEntry]]) -> None:
+    root, entries = tiny_set
+    ds = VideoDataset(entries, root, TRAIN, train=True, seed=5, single_view=True)
+    keyed = SeededDataset(ds, seed=5)
+    ds.set_epoch(3)
+    x, y = keyed[(2, 3)]  # the (index, epoch) keys of ResumableSampler
+    assert x.shape == (3, 4, 32, 32) and y == 0
+    assert torch.equal(x, ds[2][0]) and torch.equal(x, ds.get(2, sample_rng(5, 3, 2))[0])
+    assert not torch.equal(x, keyed[(2, 4)][0])
+    with pytest.raises(ValueError, match="single_view needs one view"):
+        VideoDataset(entries, root, EVAL, train=False, single_view=True)
+
+
+def _data_cfg(root: Path, *extra: str) -> dict:
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.train_list=train.list",
+            "data.val_list=val.list",
+            "data.train_preprocess={num_frames: 4, crop_size: 32, short_side: 32, short_side_max: 40, "
+            "sampling: segment, crops: random, flip: true}",
+            "data.val_preprocess={crops: center, short_side: 32}",
+            *extra,
+        ],
+    )
+
+
+def test_config_lists_and_datasets(tiny_set: tuple[Path, list[VideoEntry]]) -> None:
+    root, _ = tiny_set
+    (root / "train.list").write_text("v0 0\nv1 1\n")  # UCF-101 style: no extension, data.suffix adds it
+    (root / "val.list").write_text("v2 2\n")
+    cfg = _data_cfg(root, "data.suffix=.mp4", "seed=4")
+    assert config_entries(cfg, "train") == [VideoEntry("v0.mp4", 0), VideoEntry("v1.mp4", 1)]
+    assert config_entries(cfg, "test") == [VideoEntry("v2.mp4", 2)]  # test falls back to the val list
+    train_set, val_set, labels = build_datasets(cfg)
+    assert labels == ["class_0", "class_1", "class_2"]  # no label list: as many classes as the lists show
+    x, y = SeededDataset(train_set, 4)[(1, 0)]
+    assert x.shape == (3, 4, 32, 32) and y == 1 and train_set.seed == 4
+    assert val_set[0][0].shape == (3, 4, 32, 32) and not val_set.train
+    (root / "names.txt").write_text("1 a\n2 b\n")
+    with pytest.raises(DatasetError, match="val.list:1: label 2 out of range"):
+        build_datasets(_data_cfg(root, "data.suffix=.mp4", "data.label_list=names.txt"))
+    with pytest.raises(DatasetError, match="data.train_list: .*nope.list: no such file"):
+        build_datasets(_data_cfg(root, "data.train_list=nope.list"))
+    with pytest.raises(DatasetError, match="val_preprocess must give one view"):
+        build_datasets(_data_cfg(root, "data.suffix=.mp4", "data.val_preprocess={crops: three}"))

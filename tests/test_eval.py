@@ -13,7 +13,8 @@ from utils_model import make_tiny_checkpoint
 from utils_video import encode_video, moving_square_frames
 
 from training.checkpoint import load_checkpoint
-from training.test import SHORT_KEYS, ViewsDataset, main, predict_views
+from training.data import VideoDataset, VideoEntry
+from training.test import SHORT_KEYS, main, predict_views
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,9 @@ def test_frame_count_override_and_reverse(tmp_path: Path, video_set: Path) -> No
 
 def test_reversed_views_are_the_same_frames_backwards(video_set: Path, tmp_path: Path) -> None:
     spec = load_checkpoint(make_tiny_checkpoint(tmp_path / "m.pt", num_frames=4)).preprocess
-    sample = [(video_set / "v0.mp4", 0)]
-    fwd, _ = ViewsDataset(sample, spec)[0]
-    rev, _ = ViewsDataset(sample, spec, reverse=True)[0]
+    sample = [VideoEntry("v0.mp4", 0)]
+    fwd, _ = VideoDataset(sample, video_set, spec, train=False)[0]
+    rev, _ = VideoDataset(sample, video_set, spec, train=False, reverse=True)[0]
     assert fwd.shape == (3, 3, 4, 32, 32)  # (V, 3, T, H, W)
     assert torch.equal(rev, fwd.flip(2)) and not torch.equal(rev, fwd)
 

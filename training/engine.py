@@ -1,6 +1,6 @@
 """The pieces the training and test loops are made of, kept out of ``train.py`` so that it reads on one
 screen: model/teacher construction, AMP, deterministic per-step seeding, resume state, evaluation,
-the CSV log and the curve plots."""
+the CSV log and the curve plots. Lists and datasets live in :mod:`training.data`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.data import SeededDataset, step_rng
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -148,12 +149,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 # ---- determinism --------------------------------------------------------------------------------------
 
 
-def step_rng(seed: int, *parts: int) -> np.random.Generator:
-    """A generator that is a pure function of (seed, parts): the same numbers after a resume, in any
-    process, whatever ran before."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *(int(p) for p in parts)])
-
-
 def seed_step(seed: int, *parts: int) -> None:
     """Re-seed torch's global generator (drop-path masks, dropout) from (seed, parts)."""
     torch.manual_seed(int(step_rng(seed, *parts).integers(2**62)))
@@ -180,30 +175,6 @@ def set_rng_states(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---- data adapters ------------------------------------------------------------------------------------
-
-
-class SeededDataset(torch.utils.data.Dataset):
-    """Turns ``(index, epoch)`` keys from :class:`training.distributed.ResumableSampler` into samples whose
-    random augmentation is seeded from (seed, epoch, index): reproducible across resumes, worker counts
-    and world sizes. The base dataset must offer ``get(index, rng) -> (clip, label)``; one without random
-    augmentation may instead be indexable (``base[index]``)."""
-
-    def __init__(self, base: Any, seed: int) -> None:
-        self.base, self.seed = base, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, epoch = key
-        if hasattr(self.base, "get"):
-            clip, label = self.base.get(index, rng=step_rng(self.seed, 2, epoch, index))
-        else:
-            clip, label = self.base[index]
-        return torch.as_tensor(clip), int(label)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------
@@ -432,136 +403,3 @@ def restore_run(
         scaler.load_state_dict(ts["scaler"])
     set_rng_states(ts["rng"])
     return {k: ts[k] for k in new_run_state()}
-
-
-# ---- data ---------------------------------------------------------------------------------------------
-
-
-def read_list(cfg: dict[str, Any], split: str) -> list[tuple[Path, int]]:
-    """``data.<split>_list`` under ``data.root`` as (video path, label) pairs.
-
-    Kinetics / synthetic lines: ``relative/path.mp4 label``; UCF-101 lines: ``path/without/extension
-    label`` with ``data.suffix`` (``.avi``) appended. Paths are relative to ``data.root``.
-    """
-    data = cfg["data"]
-    name = data["test_list"] or data["val_list"] if split == "test" else data[f"{split}_list"]
-    root = Path(data["root"])
-    path = Path(name) if Path(name).is_absolute() else root / name
-    if not path.is_file():
-        raise ValueError(f"data.{split}_list: {path}: no such file")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-            raise ValueError(f"{path}:{n}: expected '<video> <label>', got {line!r}")
-        out.append((root / (parts[0] + (data["suffix"] or "")), int(parts[1])))
-    if not out:
-        raise ValueError(f"{path}: the list is empty")
-    return out
-
-
-def read_labels(cfg: dict[str, Any], samples: list[tuple[Path, int]]) -> list[str]:
-    """Class names from ``data.label_list`` (``id name`` per line, e.g. UCF-101's classInd.txt with ids
-    from 1 is rebased to 0), or ``class_<i>`` for as many classes as the labels show."""
-    ll = cfg["data"]["label_list"]
-    if not ll:
-        return [f"class_{i}" for i in range(max(lbl for _, lbl in samples) + 1)]
-    path = Path(ll) if Path(ll).is_absolute() else Path(cfg["data"]["root"]) / ll
-    if not path.is_file():
-        raise ValueError(f"data.label_list: {path}: no such file")
-    rows = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
-    if not rows or any(len(r) != 2 or not r[0].isdigit() for r in rows):
-        raise ValueError(f"{path}: expected '<id> <name>' lines")
-    ids = [int(r[0]) for r in rows]
-    base = min(ids)
-    if sorted(ids) != list(range(base, base + len(ids))) or base not in (0, 1):
-        raise ValueError(f"{path}: class ids must be consecutive from 0 (or 1)")
-    names = [""] * len(rows)
-    for i, (_, name) in zip(ids, rows):
-        names[i - base] = name.strip()
-    return names
-
-
-class VideoClips:
-    """Videos of a list, each read as ONE view of ``spec`` (training: random segment sampling, scale and
-    crop; validation: the deterministic centre view).
-
-    ``cache=True`` decodes each video once and keeps it in memory: deterministic clips (validation) are
-    kept as the finished tensor, bit-identical to the uncached path; for random clips (training) every
-    decoded frame is kept, downscaled to the spec's largest short side (``short_side_max``), and each epoch
-    samples, scales and crops from those -- a second, small resize that only training sees. Meant for
-    small data sets (the synthetic demo: about 60 MB for 320 clips).
-    """
-
-    def __init__(self, samples: list[tuple[Path, int]], spec: Any, cache: bool = False) -> None:
-        self.samples, self.spec, self.cache = samples, spec, cache
-        self.random = spec.crops == "random" or spec.sampling == "segment"
-        self._store: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _frames(self, index: int) -> tuple[np.ndarray, float]:
-        from training.video import decode_all_frames, probe_video, resize_frames
-
-        path = self.samples[index][0]
-        frames = decode_all_frames(path)
-        if not frames:
-            raise ValueError(f"{path}: no frames decoded")
-        short = self.spec.short_side_max or self.spec.short_side
-        if min(frames[0].shape[:2]) > short:
-            t = resize_frames(frames, short)  # (N, 3, h, w) float 0..255
-            frames = list(t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        return np.stack(frames), float(probe_video(path).fps)  # (N, h, w, 3) uint8
-
-    def get(self, index: int, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, int]:
-        from training.sampling import sample_indices
-        from training.video import preprocess_video, views_from_frames
-
-        label = self.samples[index][1]
-        if not self.random:
-            rng = None
-        if self.cache and not self.random:
-            if index not in self._store:
-                self._store[index] = torch.from_numpy(
-                    preprocess_video(self.samples[index][0], self.spec).views[0]
-                )
-            return self._store[index], label
-        if self.cache:
-            if index not in self._store:
-                self._store[index] = self._frames(index)
-            frames, fps = self._store[index]
-            idx = sample_indices(len(frames), fps, self.spec, rng)  # the same draws, in the same order,
-            views = views_from_frames(frames[idx], self.spec, rng)  # as preprocess_video makes
-            return torch.from_numpy(views[0]), label
-        views = preprocess_video(self.samples[index][0], self.spec, rng=rng).views  # (1, 3, T, H, W)
-        return torch.from_numpy(views[0]), label
-
-
-def build_datasets(cfg: dict[str, Any]) -> tuple[VideoClips, VideoClips, list[str]]:
-    """(train, val, label names) from the ``data`` section."""
-    from training.config import preprocess_spec
-
-    train_s, val_s = read_list(cfg, "train"), read_list(cfg, "val")
-    labels = read_labels(cfg, train_s + val_s)
-    bad = [lbl for _, lbl in train_s + val_s if lbl >= len(labels)]
-    if bad:
-        raise ValueError(f"label {max(bad)} in the lists but only {len(labels)} classes in the label list")
-    val_spec = preprocess_spec(cfg, "val_preprocess")
-    if val_spec.num_views != 1:
-        raise ValueError(
-            "data.val_preprocess must give one view (crops: center); three-crop testing is training.test"
-        )
-    cache = bool(cfg["data"]["cache"])
-    return (
-        VideoClips(train_s, preprocess_spec(cfg, "train_preprocess"), cache),
-        VideoClips(val_s, val_spec, cache),
-        labels,
-    )
-
-
-def list_samples(cfg: dict[str, Any], split: str) -> list[tuple[Path, int]]:
-    """(video, label) pairs of a split (``test`` falls back to the val list)."""
-    return read_list(cfg, split)

@@ -27,6 +27,7 @@ import torch
 
 from training.checkpoint import Checkpoint, CheckpointError
 from training.config import ConfigError, load_config
+from training.data import VideoDataset, VideoEntry, config_entries
 from training.distributed import all_reduce_sum, cleanup_distributed, init_distributed
 from training.engine import load_any_checkpoint, topk_correct
 from training.spec import PreprocessSpec
@@ -45,27 +46,6 @@ def resolve_test_spec(ckpt: Checkpoint, test_cfg: dict[str, Any]) -> PreprocessS
         return ckpt.preprocess.replace(**changes)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"test overrides {changes}: {exc}") from exc
-
-
-class ViewsDataset(torch.utils.data.Dataset):
-    """(source, label) pairs -> ((V, 3, T, H, W) float32 views, label), deterministic (no rng)."""
-
-    def __init__(
-        self, samples: Sequence[tuple[Any, int]], spec: PreprocessSpec, reverse: bool = False
-    ) -> None:
-        self.samples, self.spec, self.reverse = list(samples), spec, reverse
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from training.video import preprocess_video
-
-        source, label = self.samples[i]
-        views = torch.from_numpy(preprocess_video(source, self.spec).views)  # (V, 3, T, H, W)
-        if self.reverse:
-            views = views.flip(2)  # time reversed, same frames
-        return views, int(label)
 
 
 @torch.no_grad()
@@ -152,25 +132,26 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, ti
 
 
 def run_test(
-    cfg: dict[str, Any], weights: str | Path, samples: Sequence[tuple[Any, int]] | None = None
+    cfg: dict[str, Any], weights: str | Path, samples: Sequence[tuple[str | Path, int]] | None = None
 ) -> dict:
-    """Evaluate ``weights`` on the config's test list (or ``samples``); writes metrics.json and
-    confusion.png; returns the metrics."""
+    """Evaluate ``weights`` on the config's test list (or ``samples``, (video path, label) pairs);
+    writes metrics.json and confusion.png; returns the metrics."""
     dist = init_distributed()
     tc = cfg["test"]
     ckpt = load_any_checkpoint(weights)
     spec = resolve_test_spec(ckpt, tc)
-    if samples is None:
-        from training.engine import list_samples
-
-        samples = list_samples(cfg, "test")
     labels = ckpt.label_names()
-    if samples and max(int(lbl) for _, lbl in samples) >= len(labels):
+    if samples is None:
+        # Label-less lines (UCF-101 testlists) are labelled by class folder with the checkpoint's names.
+        entries, root = config_entries(cfg, "test", labels), Path(cfg["data"]["root"])
+    else:
+        entries, root = [VideoEntry(str(path), int(label)) for path, label in samples], Path()
+    if entries and max(e.label for e in entries) >= len(labels):
         raise ConfigError(f"test labels exceed the checkpoint's {len(labels)} classes")
     model = ckpt.build_model().to(dist.device)
-    shard = list(samples)[dist.rank :: dist.world_size]
+    shard = entries[dist.rank :: dist.world_size]
     loader = torch.utils.data.DataLoader(
-        ViewsDataset(shard, spec, bool(tc["reverse_frames"])),
+        VideoDataset(shard, root, spec, train=False, reverse=bool(tc["reverse_frames"])),
         batch_size=tc["batch_size"],
         num_workers=cfg["data"]["num_workers"],
     )

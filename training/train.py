@@ -20,6 +20,7 @@ from tqdm import tqdm
 from training import engine as E
 from training.checkpoint import CheckpointError
 from training.config import ConfigError, load_config, save_config
+from training.data import build_datasets, step_rng
 from training.distributed import cleanup_distributed, init_distributed
 from training.losses import distillation_loss
 from training.mixing import VideoMix, smooth_one_hot
@@ -34,7 +35,7 @@ def train(
     replaces the configured data."""
     dist = init_distributed()
     tr, seed, out = cfg["train"], int(cfg["seed"]), Path(cfg["output_dir"])
-    train_set, val_set, labels = datasets if datasets is not None else E.build_datasets(cfg)
+    train_set, val_set, labels = datasets if datasets is not None else build_datasets(cfg)
     accum = tr["global_batch_size"] // (tr["batch_size"] * dist.world_size)
     if accum * tr["batch_size"] * dist.world_size != tr["global_batch_size"]:
         raise ConfigError(
@@ -77,7 +78,7 @@ def train(
             E.seed_step(seed, 1, epoch, micro, dist.rank)  # drop-path masks: a function of the step
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device)  # (B, 3, T, H, W), (B,)
             targets = smooth_one_hot(y, len(labels), tr["label_smoothing"])  # (B, K)
-            x, targets, _ = mixer(x, targets, E.step_rng(seed, 3, epoch, micro, dist.rank))
+            x, targets, _ = mixer(x, targets, step_rng(seed, 3, epoch, micro, dist.rank))
             with E.maybe_no_sync(ddp, (i + 1) % accum != 0), E.autocast(dist.device, dtype):
                 logits = ddp(x)  # (B, K)
                 t_logits = teacher(x) if teacher is not None else None  # (B, K); not run when weight is 0
