@@ -77,20 +77,26 @@ def _read_lines(path: Path, what: str) -> list[str]:
 def read_label_list(path: str | Path) -> list[str]:
     """Class names by 0-based id from ``id name`` lines (0-based, or 1-based like UCF's classInd.txt)."""
     path = Path(path)
+    return parse_label_lines(_read_lines(path, "label list"), str(path))
+
+
+def parse_label_lines(lines: Sequence[str], source: str) -> list[str]:
+    """Class names by 0-based id from the ``id name`` lines of a label list named ``source`` (in errors);
+    ids run 0..N-1 or 1..N (then rebased to 0), blank lines are skipped."""
     pairs: list[tuple[int, str]] = []
-    for n, line in enumerate(_read_lines(path, "label list"), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
         if len(parts) != 2 or not parts[0].lstrip("-").isdigit():
-            raise DatasetError(f"{path}:{n}: expected 'id name', got {line!r}")
+            raise DatasetError(f"{source}:{n}: expected 'id name', got {line!r}")
         pairs.append((int(parts[0]), parts[1].strip()))
     if not pairs:
-        raise DatasetError(f"{path}: no labels")
+        raise DatasetError(f"{source}: no labels")
     ids = sorted(i for i, _ in pairs)
     base = ids[0]
     if base not in (0, 1) or ids != list(range(base, base + len(ids))):
-        raise DatasetError(f"{path}: ids must run 0..N-1 or 1..N without gaps or repeats, got {ids[:5]}...")
+        raise DatasetError(f"{source}: ids must run 0..N-1 or 1..N without gaps or repeats, got {ids[:5]}...")
     names = [""] * len(pairs)
     for i, name in pairs:
         names[i - base] = name

@@ -676,18 +676,16 @@ def read_label_file(path: str | Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConvertError(f"{path}: cannot read label file ({exc})") from exc
+    from training.data import DatasetError, parse_label_lines
+
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise ConvertError(f"{path}: empty label file")
-    pairs = [ln.split(maxsplit=1) for ln in lines]
-    if all(len(p) == 2 and p[0].isdigit() for p in pairs):
-        ids = [int(p[0]) for p in pairs]
-        base = min(ids)
-        if base in (0, 1) and sorted(ids) == list(range(base, base + len(ids))):
-            names = [""] * len(ids)
-            for i, (_, name) in zip(ids, pairs):
-                names[i - base] = name.strip()
-            return names
+    if all(len(p) == 2 and p[0].isdigit() for p in (ln.split(maxsplit=1) for ln in lines)):
+        try:
+            return parse_label_lines(lines, str(path))
+        except DatasetError:
+            pass  # ids that do not run 0..N-1 / 1..N: the lines are names that start with a number
     if len(set(lines)) != len(lines):
         dup = next(x for x in lines if lines.count(x) > 1)
         raise ConvertError(f"{path}: duplicate label {dup!r}")
