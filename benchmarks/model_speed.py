@@ -70,20 +70,10 @@ def matmul_gflops(reps: int) -> dict[str, float]:
     return {"torch": flop / t_torch / 1e9, "numpy": flop / t_numpy / 1e9}
 
 
-def build_ort_session(onnx_path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-
 def run(quick: bool, threads: int, out_dir: Path) -> dict[str, Any]:
     from build_engines.export_onnx import ONNX_INPUT, ONNX_OUTPUT, export_model
     from training.model import pptimesformer_base_8x224
+    from triton_models.runtime import ort_cpu_session
 
     torch.set_num_threads(threads)
     reps = 2 if quick else 3
@@ -134,7 +124,7 @@ def run(quick: bool, threads: int, out_dir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         export_model(model, torch.zeros(1, 3, 8, 224, 224), onnx_path, verify=not quick)
         results["export_seconds"] = time.perf_counter() - t0
-        sess = build_ort_session(onnx_path, threads)
+        sess = ort_cpu_session(onnx_path, intra_op_threads=threads)
         bar.update()
         for views in (1, 3):
             step(f"ort x{views}")

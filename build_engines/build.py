@@ -88,13 +88,13 @@ def export_serving_onnx(ckpt: Checkpoint, out: str | Path, *, opset: int = 17, v
             do_constant_folding=True,
         )
     if verify:
-        import onnxruntime as ort
+        from triton_models.runtime import ort_cpu_session
 
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((2, *spec.output_shape), generator=gen)  # (2, V, 3, T, S, S)
         with torch.no_grad():
             ref = wrapper(x).numpy()
-        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        sess = ort_cpu_session(out)  # as the classifier will run it
         got = sess.run([contract.PROBS], {contract.VIEWS: x.numpy()})[0]
         diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
         if not diff <= VERIFY_ATOL:

@@ -113,15 +113,13 @@ def verify_onnx(
 ) -> float:
     """Run ONNX Runtime and PyTorch on the same random batch of 2; return the max abs difference, raise
     :class:`ExportError` beyond 1e-4 or when the output shape differs."""
-    import onnxruntime as ort
+    from triton_models.runtime import ort_cpu_session
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((2, *sample_shape), generator=gen)  # (2, 3, T, H, W)
     with torch.no_grad():
         ref = model(x).numpy()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_cpu_session(onnx_path)
     got = sess.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
     if got.shape != ref.shape:
         raise ExportError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {ref.shape}")

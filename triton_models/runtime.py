@@ -151,25 +151,33 @@ def frame_indices_payload(array: np.ndarray, spec: PreprocessSpec, limits: Servi
 # ---------------------------------------------------------------------------------------------------
 # The classifier: ONNX Runtime on the view-averaging graph
 # ---------------------------------------------------------------------------------------------------
+def ort_cpu_session(onnx_path: str | Path, *, intra_op_threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session set up as serving runs it, for every ONNX graph this project runs
+    (serving, export checks, benchmarks): all graph optimisations, ``intra_op_threads`` (default: every
+    available core), inter-op 1 and sequential execution (the graph is one chain; parallel branches
+    would only contend)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads or available_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
 class OrtClassifier:
     """ONNX Runtime session over the serving graph ``VIEWS (B, V, 3, T, H, W) -> PROBS (B, K)``.
 
     Threads: intra-op = available cores / instances of this model (instances run concurrently, so more
-    would oversubscribe), inter-op 1 (the graph is one chain; parallel branches would only contend).
+    would oversubscribe).
     """
 
     def __init__(
         self, onnx_path: str | Path, *, instances: int = 1, intra_op_threads: int | None = None
     ) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads or max(1, available_cores() // max(1, instances))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.threads = opts.intra_op_num_threads
+        self.threads = intra_op_threads or max(1, available_cores() // max(1, instances))
+        self.session = ort_cpu_session(onnx_path, intra_op_threads=self.threads)
         inp = self.session.get_inputs()[0]
         self.view_shape = tuple(int(d) for d in inp.shape[1:])  # (V, 3, T, H, W)
 
