@@ -24,10 +24,12 @@ Every bad input raises :class:`VideoDecodeError` (a ``ValueError``) with a messa
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import io
 import math
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +103,7 @@ class DecodedClip:
     decoded_frames: int  # decode work spent (frames out of the decoder)
     seeks: int
     info: VideoInfo
+    decoded_packets: int = 0  # packets sent to the decoder over every pass
 
 
 @dataclass
@@ -251,6 +254,7 @@ class _Work:
 
     def __init__(self, name: str, limit: int) -> None:
         self.name, self.limit, self.frames, self.seeks, self.errors = name, limit, 0, 0, 0
+        self.packets = 0  # packets sent to the decoder (skipped non-reference ones included)
 
     def tick(self) -> None:
         self.frames += 1
@@ -266,21 +270,11 @@ def _configure(stream: Any, limits: DecodeLimits) -> None:
     stream.codec_context.thread_count = limits.threads
 
 
-def _frames(container: Any, stream: Any, work: _Work, keep: set[int] | None = None) -> Iterator[Any]:
-    """Decoded frames in output (presentation) order; a packet that fails to decode is skipped.
-
-    With ``keep`` (the pts of the needed frames), packets of other pts are decoded with
-    ``skip_frame='NONREF'``: a frame no other frame references is then dropped unseen, while every
-    reference frame (and every needed frame) is decoded exactly as usual -- needed pixels never change.
-    The setting travels with each packet into FFmpeg's frame threads.
-    """
-    cc = stream.codec_context
+def _frames(container: Any, stream: Any, work: _Work) -> Iterator[Any]:
+    """Every decoded frame in output (presentation) order; a packet that fails to decode is skipped."""
     try:
         for packet in container.demux(stream):
-            if keep is not None:
-                mode = "DEFAULT" if packet.pts is None or packet.pts in keep else "NONREF"
-                if cc.skip_frame != mode:
-                    cc.skip_frame = mode
+            work.packets += 1
             try:
                 out = packet.decode()
             except av.error.FFmpegError:
@@ -331,53 +325,104 @@ def _frame_rotation(frame: Any, stream: Any) -> int:
 
 
 def _decode_by_pts(
-    opener: Any, name: str, info: VideoInfo, needed: list[int], limits: DecodeLimits, work: _Work
+    container: Any, name: str, info: VideoInfo, needed: list[int], limits: DecodeLimits, work: _Work
 ) -> tuple[dict[int, np.ndarray], int]:
-    """Seek path: frames ``needed`` (sorted unique indices) by pts; returns what it found and the rotation."""
+    """Seek path: frames ``needed`` (sorted unique indices) by pts; returns what it found and the rotation.
+
+    ``container`` is the one the probe read (opening costs a stream-info pass, which may decode a frame);
+    every group starts with a seek, so where the probe left it does not matter.
+
+    Needed frames are grouped by the keyframe interval they lie in. For each group still missing a frame:
+    seek to its keyframe, feed packets in decode order only until every needed packet of the group has
+    been sent (a frame depends only on packets before it in decode order), then drain the decoder. So no
+    packet after the group's last needed one is decoded -- not the reorder delay, not the frames FFmpeg's
+    frame threads would have started. A frame with a pts below the keyframe it was decoded from (an open
+    GOP's leading picture) lacks references and is never taken. Anything not found is left to the caller's
+    decode-from-the-start fallback.
+    """
     assert info.frame_pts is not None
     targets = [info.frame_pts[i] for i in needed]  # ascending pts
     want = dict(zip(targets, needed))
     keys = info.keyframe_pts
+    groups: dict[int, list[int]] = {}
+    for t in targets:
+        groups.setdefault(keys[max(bisect.bisect_right(keys, t) - 1, 0)], []).append(t)
     out: dict[int, np.ndarray] = {}
     rotation = 0
-    container = _open(opener, name)
-    try:
-        stream = _video_stream(container, name)
-        _configure(stream, limits)
-        gen: Iterator[Any] | None = None
-        pos: int | None = None  # largest pts decoded since the last seek
-        floor_pts: int | None = None  # frames before the keyframe we seeked to are not trustworthy
-        ti = 0
-        while ti < len(targets):
-            t = targets[ti]
-            k = keys[max(bisect.bisect_right(keys, t) - 1, 0)]
-            if gen is None or pos is None or k > pos:
-                # The next needed frame lies beyond the next keyframe: jump there instead of decoding on.
-                container.seek(k, stream=stream, backward=True, any_frame=False)
-                work.seeks += 1
-                gen = _frames(container, stream, work, keep=set(targets))
-                pos, floor_pts = None, min(k, t)
-            for frame in gen:
-                fp = frame.pts
-                if fp is None:
-                    return out, rotation  # timestamps vanished: let the caller fall back
-                if pos is None and fp > t:
-                    return out, rotation  # the seek landed after the target (bad index)
-                pos = fp if pos is None else max(pos, fp)
-                if fp in want and fp not in out and fp >= floor_pts:
-                    _check_size(frame, name, limits)
-                    if not out:
-                        rotation = _frame_rotation(frame, stream)
-                    out[fp] = _to_rgb(frame)
-                if pos >= t:
-                    break
-            else:
-                break  # stream ended
-            while ti < len(targets) and (targets[ti] in out or targets[ti] <= pos):
-                ti += 1
-    finally:
-        container.close()
+    stream = _video_stream(container, name)
+    _configure(stream, limits)
+    for k, group in groups.items():
+        pending = [t for t in group if t not in out]
+        if not pending:
+            continue  # already taken while decoding an earlier group
+        container.seek(k, stream=stream, backward=True, any_frame=False)
+        work.seeks += 1
+        floor_pts = min(k, pending[0])
+        for frame in _group_frames(container, stream, work, set(pending), set(targets)):
+            fp = frame.pts
+            if fp is None:
+                return {want[p]: a for p, a in out.items()}, rotation  # let the caller fall back
+            if fp in want and fp not in out and fp >= floor_pts:
+                _check_size(frame, name, limits)
+                if not out:
+                    rotation = _frame_rotation(frame, stream)
+                out[fp] = _to_rgb(frame)
     return {want[p]: a for p, a in out.items()}, rotation
+
+
+def _group_frames(
+    container: Any, stream: Any, work: _Work, pending: set[int], keep: set[int]
+) -> Iterator[Any]:
+    """Frames decoded from the current (just sought) position until the ``pending`` pts have all been fed.
+
+    Packets whose pts is not in ``keep`` go with ``skip_frame='NONREF'``: a frame no other frame
+    references is then dropped unseen, while every reference frame (and every needed frame) decodes
+    exactly as usual -- needed pixels never change. The setting travels with each packet into FFmpeg's
+    frame threads. (``NONKEY`` or ``NONINTRA`` would drop reference frames, so they cannot help.) Stops early
+    when the demuxer lands past the group (a second keyframe beyond every pending pts: an open GOP's
+    leading pictures come at most one keyframe late), or the first packet lies after a pending pts (the
+    seek overshot); then drains what the decoder holds.
+    """
+    cc = stream.codec_context
+    last = max(pending)
+    first = True
+    late_keys = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            pts = packet.pts
+            if first:
+                first = False
+                if pts is not None and pts > min(pending):
+                    return  # the seek landed after a needed frame
+            if packet.is_keyframe and pts is not None and pts > last:
+                late_keys += 1
+                if late_keys > 1:
+                    break
+            mode = "DEFAULT" if pts is None or pts in keep else "NONREF"
+            if cc.skip_frame != mode:
+                cc.skip_frame = mode
+            work.packets += 1
+            try:
+                out = packet.decode()
+            except av.error.FFmpegError:
+                work.errors += 1
+                out = []
+            for frame in out:
+                work.tick()
+                yield frame
+            pending.discard(pts)
+            if not pending:
+                break
+    except av.error.FFmpegError:
+        work.errors += 1  # the demuxer gave up (truncated data): drain what the decoder still holds
+    try:
+        for frame in cc.decode(None):
+            work.tick()
+            yield frame
+    except av.error.FFmpegError:
+        work.errors += 1
 
 
 def _decode_by_order(
@@ -447,26 +492,25 @@ def decode_clip(
     container = _open(opener, name)
     try:
         info = _probe_container(container, name, limits)
+        if info.total_frames == 0:
+            raise VideoDecodeError(f"{name}: the video stream holds no frames")
+        work = _Work(name, limits.max_decoded_frames)
+        rng_replay = copy.deepcopy(rng)  # re-sampling after a wrong frame count must draw the same way
+        total = info.total_frames
+        indices = [int(i) for i in sample_indices(total, info.fps, spec, rng)]
+        needed = sorted(set(indices))
+        frames: dict[int, np.ndarray] = {}
+        rotation = 0
+        if seek and info.seekable:
+            try:
+                frames, rotation = _decode_by_pts(container, name, info, needed, limits, work)
+            except VideoDecodeError:
+                raise
+            except (av.error.FFmpegError, OSError):
+                work.errors += 1  # e.g. a seek the demuxer refuses: the fallback below decides
+                frames = {}
     finally:
         container.close()
-    if info.total_frames == 0:
-        raise VideoDecodeError(f"{name}: the video stream holds no frames")
-    work = _Work(name, limits.max_decoded_frames)
-    rng_replay = copy.deepcopy(rng)  # re-sampling after a wrong frame count must draw the same way
-    total = info.total_frames
-    indices = [int(i) for i in sample_indices(total, info.fps, spec, rng)]
-    needed = sorted(set(indices))
-    frames: dict[int, np.ndarray] = {}
-    rotation = 0
-    if seek and info.seekable:
-        try:
-            frames, rotation = _decode_by_pts(opener, name, info, needed, limits, work)
-        except VideoDecodeError:
-            raise
-        except (av.error.FFmpegError, OSError) as exc:
-            work.errors += 1
-            frames = {}
-            del exc
     if any(i not in frames for i in needed):
         frames, count, rotation, ended = _decode_by_order(opener, name, set(needed), limits, work)
         if ended and count < total:
@@ -492,6 +536,7 @@ def decode_clip(
         decoded_frames=work.frames,
         seeks=work.seeks,
         info=info,
+        decoded_packets=work.packets,
     )
 
 
@@ -537,26 +582,58 @@ def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return short_side, int(math.floor((float(width) / height) * short_side))
 
 
+_TORCH_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the enclosed torch ops on the calling thread alone, then give it back its thread count.
+
+    Resizing and normalising one clip takes a few milliseconds on one core. On torch's OpenMP pool the
+    same ops cost several times the CPU time, and far more wall time, whenever other processes keep the
+    cores busy: the pool's threads spin waiting for each other (measured on 2 loaded cores: 8 ms of CPU
+    single-threaded against 63 ms on the pool, wall 16 ms against 120 ms). Preprocessing gets its
+    parallelism from concurrent requests and DataLoader workers instead, which already run single-threaded
+    (no-op there). With OpenMP the count is per thread, so other threads running a model keep theirs; the
+    lock keeps concurrent set/restore pairs from interleaving.
+    """
+    with _TORCH_THREADS_LOCK:
+        prev = torch.get_num_threads()
+        if prev > 1:
+            torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if prev > 1:
+            with _TORCH_THREADS_LOCK:
+                torch.set_num_threads(prev)
+
+
 def resize_frames(frames: np.ndarray | list[np.ndarray], short_side: int) -> torch.Tensor:
     """uint8 frames ``(T, H, W, 3)`` -> float32 ``(T, 3, h, w)`` on the 0..255 scale, short side scaled.
 
     Bilinear, ``align_corners=False``, no antialias: the same sampling grid as PaddleVideo's
     ``F.interpolate`` on its float tensor. Frames of differing sizes are each scaled to the first one's size.
     """
-    first = frames[0]
-    h, w = first.shape[:2]
-    nh, nw = scaled_size(h, w, short_side)
-    if isinstance(frames, np.ndarray) or all(f.shape == first.shape for f in frames):
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(frames) if isinstance(frames, list) else frames))
-        x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-        if (nh, nw) == (h, w):
-            return x.contiguous()
-        return F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
-    parts = []
-    for f in frames:
-        x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
-        parts.append(F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False))
-    return torch.cat(parts)  # (T, 3, nh, nw)
+    with _one_torch_thread():
+        first = frames[0]
+        h, w = first.shape[:2]
+        nh, nw = scaled_size(h, w, short_side)
+        if isinstance(frames, np.ndarray) or all(f.shape == first.shape for f in frames):
+            x = torch.from_numpy(
+                np.ascontiguousarray(np.stack(frames) if isinstance(frames, list) else frames)
+            )
+            x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+            if (nh, nw) == (h, w):
+                return x.contiguous()
+            return F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+        parts = []
+        for f in frames:
+            x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+            parts.append(
+                F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+            )
+        return torch.cat(parts)  # (T, 3, nh, nw)
 
 
 def crop_offsets(
@@ -596,20 +673,21 @@ def views_from_frames(
     short = spec.short_side
     if train and spec.short_side_max is not None:
         short = int(rng.integers(spec.short_side, spec.short_side_max + 1))
-    x = resize_frames(frames, short)  # (T, 3, h, w), 0..255
-    t, _, h, w = x.shape
-    c = spec.crop_size
-    offsets = crop_offsets(h, w, spec, rng if train else None)
-    # Normalise once on the resized frames (views overlap), in place: (x/255 - mean)/std.
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    x.div_(255.0).sub_(mean).div_(std)
-    flip = bool(train and spec.flip and rng.random() < 0.5)
-    out = torch.empty((len(offsets), 3, t, c, c), dtype=torch.float32)  # (V, 3, T, c, c)
-    for v, (y, x0) in enumerate(offsets):
-        view = x[:, :, y : y + c, x0 : x0 + c].permute(1, 0, 2, 3)  # (3, T, c, c) view, no copy
-        out[v].copy_(view.flip(-1) if flip else view)
-    return out.numpy()
+    with _one_torch_thread():
+        x = resize_frames(frames, short)  # (T, 3, h, w), 0..255
+        t, _, h, w = x.shape
+        c = spec.crop_size
+        offsets = crop_offsets(h, w, spec, rng if train else None)
+        # Normalise once on the resized frames (views overlap), in place: (x/255 - mean)/std.
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        x.div_(255.0).sub_(mean).div_(std)
+        flip = bool(train and spec.flip and rng.random() < 0.5)
+        out = torch.empty((len(offsets), 3, t, c, c), dtype=torch.float32)  # (V, 3, T, c, c)
+        for v, (y, x0) in enumerate(offsets):
+            view = x[:, :, y : y + c, x0 : x0 + c].permute(1, 0, 2, 3)  # (3, T, c, c) view, no copy
+            out[v].copy_(view.flip(-1) if flip else view)
+        return out.numpy()
 
 
 def preprocess_video(

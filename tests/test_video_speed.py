@@ -1,0 +1,104 @@
+"""How little work the reference decode does, and that doing less never changes a pixel."""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from utils_video import encode_video, index_frames
+
+from training.spec import PreprocessSpec
+from training.video import DecodeLimits, decode_clip, preprocess_video
+
+RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+SMALL = PreprocessSpec(num_frames=6, short_side=32, crop_size=32, crops="center", **RAW)
+
+
+@pytest.fixture(scope="module")
+def bframe_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 frames, keyframe every 10, x264 B-frames (decode order differs from display order)."""
+    return encode_video(
+        tmp_path_factory.mktemp("v") / "b.mp4", index_frames(60, step=3), "h264", fps=25, gop=10
+    )
+
+
+def _expected_packets(path: Path, indices: list[int]) -> int:
+    """Packets from each needed keyframe interval's keyframe to its last needed packet, in decode order.
+
+    Worked out from a plain demux, independently of the code under test: a frame depends only on packets
+    before it in decode order, so this is the least a keyframe-seeking decoder can be fed.
+    """
+    with av.open(str(path)) as container:
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(video=0) if p.size]
+    order = {pts: i for i, (pts, _) in enumerate(packets)}  # pts -> decode position
+    display = sorted(order)
+    keys = sorted(pts for pts, key in packets if key)
+    assert len(keys) > 2 and any(order[a] > order[b] for a, b in zip(display, display[1:])), "no B-frames"
+    last_needed: dict[int, int] = {}
+    for i in sorted(set(indices)):
+        pts = display[i]
+        key = keys[bisect.bisect_right(keys, pts) - 1]
+        last_needed[key] = max(last_needed.get(key, 0), order[pts])
+    return sum(last - order[key] + 1 for key, last in last_needed.items())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("num_frames", [1, 4, 6])
+def test_seek_path_feeds_only_packets_up_to_the_last_needed_one(
+    bframe_video: Path, num_frames: int, threads: int
+) -> None:
+    spec = SMALL.replace(num_frames=num_frames)
+    limits = DecodeLimits(threads=threads)
+    clip = decode_clip(bframe_video, spec, limits=limits)
+    # Neither the reorder delay nor frames started by FFmpeg's frame threads cost packets any more.
+    assert clip.decoded_packets == _expected_packets(bframe_video, clip.indices)
+    full = decode_clip(bframe_video, spec, limits=limits, seek=False)
+    assert full.decoded_packets >= clip.decoded_packets
+    assert clip.indices == full.indices
+    assert all(np.array_equal(a, b) for a, b in zip(clip.frames, full.frames))
+
+
+def test_first_frame_alone_costs_one_packet(bframe_video: Path) -> None:
+    clip = decode_clip(bframe_video, SMALL.replace(num_frames=1), limits=DecodeLimits(threads=2))
+    assert clip.indices == [0] and clip.decoded_packets == 1 and clip.decoded_frames == 1
+
+
+def test_thread_counts_give_identical_views(bframe_video: Path) -> None:
+    views = [
+        preprocess_video(bframe_video, SMALL, limits=DecodeLimits(threads=n)).views for n in (0, 1, 2, 3)
+    ]
+    assert all(np.array_equal(views[0], v) for v in views[1:])
+
+
+def test_resize_runs_single_threaded_and_restores_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's pool spins on loaded cores and its 2-thread bilinear differs from 1 thread in the last bit
+    on a third of the values; the resize uses the calling thread only, so views no longer depend on the
+    caller's thread count, and the count is restored afterwards."""
+    import torch
+
+    import training.video as video
+
+    seen: list[int] = []
+    interpolate = video.F.interpolate
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return interpolate(*args, **kwargs)
+
+    # Large enough (147k output values) for torch to split the resize across threads if allowed.
+    frames = np.random.default_rng(0).integers(0, 256, size=(4, 120, 160, 3), dtype=np.uint8)
+    spec = PreprocessSpec(num_frames=4, short_side=100, crop_size=96, crops="three", **RAW)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = video.views_from_frames(frames, spec)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(video.F, "interpolate", spy)
+        got = video.views_from_frames(frames, spec)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(got, expected)
