@@ -20,11 +20,13 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -89,22 +91,36 @@ class Checkpoint:
         return d
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename: a crash never leaves a
-    half-written file under ``path`` (the rename is atomic on POSIX)."""
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", *, permissions: int | None = None
+) -> Iterator[IO[Any]]:
+    """Write ``path`` through a temp file in the same folder that is fsynced, then renamed over it (atomic
+    on POSIX), or removed on any error: readers, and a crashed run's resume, see the old file or the whole
+    new one, never half of one. ``mode`` is ``"wb"`` or ``"w"`` (text, no newline translation);
+    ``permissions`` replaces the temp file's private 0600 (e.g. 0o644 for files other users read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        if permissions is not None:
+            os.chmod(tmp, permissions)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` through :func:`atomic_write`: a crash never leaves a half-written file under
+    ``path``."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:

@@ -255,18 +255,9 @@ def preprocess_spec(cfg: dict[str, Any], which: str) -> PreprocessSpec:
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically: temp file + rename)."""
-    import os
-    import tempfile
+    from training.checkpoint import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the config from other readers of the run
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # 0644: a private temp file's 0600 would hide the config from other readers of the run.
+    with atomic_write(path, "w", permissions=0o644) as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return Path(path)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint
 from training.data import SeededDataset, step_rng
 
 
@@ -235,12 +233,10 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
@@ -272,11 +268,11 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -
     a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=Path(path).parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 @contextlib.contextmanager
