@@ -11,8 +11,10 @@ Override values are parsed as YAML (``0.1`` -> float, ``[1, 2]`` -> list, ``null
 
 from __future__ import annotations
 
+import argparse
 import copy
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +253,30 @@ def preprocess_spec(cfg: dict[str, Any], which: str) -> PreprocessSpec:
         return PreprocessSpec.from_dict(dict(d))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"data.{which}: {exc}") from exc
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str, override_help: str) -> None:
+    """The ``-c CONFIG`` and repeatable ``-o KEY=VALUE`` options every config-driven CLI takes."""
+    parser.add_argument("-c", "--config", required=True, help=config_help)
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=override_help
+    )
+
+
+def run_cli(work: Callable[[], object]) -> int:
+    """Run a config-driven CLI's ``work`` and turn its errors into one ``error:`` line and an exit code:
+    2 for an unusable config or checkpoint, 1 for other bad input (lists, videos), 0 on success."""
+    from training.checkpoint import CheckpointError
+
+    try:
+        work()
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad videos (VideoDecodeError) and bad lists (DatasetError)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> Path:

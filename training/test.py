@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import Checkpoint, CheckpointError
-from training.config import ConfigError, load_config
+from training.checkpoint import Checkpoint
+from training.config import ConfigError, add_config_arguments, load_config, run_cli
 from training.data import VideoDataset, VideoEntry, config_entries
 from training.distributed import all_reduce_sum, cleanup_distributed, init_distributed
 from training.engine import load_any_checkpoint, topk_correct
@@ -189,30 +189,17 @@ def run_test(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.test", description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", required=True, help="YAML recipe (its data and test sections are used)")
+    add_config_arguments(
+        p,
+        config_help="YAML recipe (its data and test sections are used)",
+        override_help="dotted config key (test.* keys also without 'test.'), value parsed as YAML",
+    )
     p.add_argument(
         "-w", "--weights", required=True, help="checkpoint (native, or any format training.convert reads)"
     )
-    p.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config key (test.* keys also without 'test.'), value parsed as YAML",
-    )
     args = p.parse_args(argv)
     overrides = [f"test.{o}" if o.split("=", 1)[0] in SHORT_KEYS else o for o in args.override]
-    try:
-        cfg = load_config(args.config, overrides)
-        run_test(cfg, args.weights)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad videos (VideoDecodeError) and bad lists
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(lambda: run_test(load_config(args.config, overrides), args.weights))
 
 
 if __name__ == "__main__":

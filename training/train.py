@@ -18,8 +18,7 @@ import torch
 from tqdm import tqdm
 
 from training import engine as E
-from training.checkpoint import CheckpointError
-from training.config import ConfigError, load_config, save_config
+from training.config import ConfigError, add_config_arguments, load_config, run_cli, save_config
 from training.data import build_datasets, step_rng
 from training.distributed import cleanup_distributed, init_distributed
 from training.losses import distillation_loss
@@ -153,27 +152,14 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", required=True, help="YAML recipe (training/configs/*.yaml)")
-    p.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config key, value parsed as YAML (repeatable)",
+    add_config_arguments(
+        p,
+        config_help="YAML recipe (training/configs/*.yaml)",
+        override_help="dotted config key, value parsed as YAML (repeatable)",
     )
     p.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pt if present")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.override)
-        train(cfg, resume=args.resume)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(lambda: train(load_config(args.config, args.override), resume=args.resume))
 
 
 if __name__ == "__main__":
