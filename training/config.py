@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {
     # through training.convert (ImageNet ViT image weights are inflated to video).
     "model": {"arch": "pptimesformer_base_8x224", "pretrained": None},
     "data": {
-        # kinetics | ucf101 | synthetic: the file-list format understood by training.data.
+        # kinetics | ucf101 | synthetic: what the lists hold, for the reader of the recipe; training.data
+        # reads them all as '<path> [label]' lines (ucf101 paths get data.suffix, e.g. .avi).
         "format": "kinetics",
         "root": "data",
         "train_list": "train.txt",
