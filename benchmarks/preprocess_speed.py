@@ -9,10 +9,16 @@ all, then sample and run the same resize/crop/normalise. Reference: :func:`train
 Cases: a 10 s 340x256 25 fps H.264 clip with a keyframe every 2 s in ``uniform`` mode (8 frames, three
 crops; the headline ratio), the same clip in ``paddle`` mode, and a VP9 encode of it.
 
+Methods: ``baseline``; ``reference`` with its default decoder threads (``DecodeLimits.threads=0``,
+FFmpeg's choice: frame + slice threads); ``reference-1t`` with one decoder thread, the setting the
+serving models use (concurrent requests are the parallelism there).
+
 Reports videos/s and median wall ms/video per method (repetitions interleaved), median CPU ms (all
-threads), their ratios, and peak memory measured in a fresh
-subprocess per method and case: the growth of peak RSS (``ru_maxrss``) over the RSS after imports for one
-call (everything: FFmpeg buffers, NumPy, torch), and the tracemalloc peak (Python/NumPy allocations only).
+threads), their ratios, the load average before and after (the machine is shared: ratios from one run
+are what to compare), and peak memory measured in a fresh subprocess per method and case: the growth of
+peak RSS (VmHWM, reset after imports) for the first call (everything: one-time library set-up, FFmpeg
+buffers, NumPy, torch), the same for a second call (steady state, what each further request costs), and
+the tracemalloc peak of the first call (Python/NumPy allocations only).
 Results go to ``benchmarks/results/preprocess_speed-<timestamp>/`` (JSON + PNG).
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,7 +40,7 @@ from tqdm import tqdm
 
 from training.sampling import sample_indices
 from training.spec import PreprocessSpec
-from training.video import preprocess_video, views_from_frames
+from training.video import DecodeLimits, preprocess_video, views_from_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
@@ -84,10 +91,16 @@ def baseline(path: Path, spec: PreprocessSpec) -> np.ndarray:
 
 
 def reference(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """The reference with its default decoder threading."""
     return preprocess_video(path, spec).views
 
 
-METHODS = {"baseline": baseline, "reference": reference}
+def reference_one_thread(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """The reference as the serving models run it: one decoder thread per request."""
+    return preprocess_video(path, spec, limits=DecodeLimits(threads=1)).views
+
+
+METHODS = {"baseline": baseline, "reference": reference, "reference-1t": reference_one_thread}
 
 
 def _status_kib(field: str) -> int:
@@ -98,19 +111,36 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def child(method: str, video: str, sampling: str) -> None:
-    """Measure one call in this fresh process and print JSON (peak RSS growth, tracemalloc peak)."""
-    spec = PreprocessSpec(sampling=sampling)
-    # Reset the kernel's peak-RSS mark (VmHWM) after the imports, so the peak is this call's alone.
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS and return that RSS in bytes."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    rss0 = _status_kib("VmRSS")
+    return _status_kib("VmRSS") * 1024
+
+
+def child(method: str, video: str, sampling: str) -> None:
+    """Measure two calls in this fresh process and print JSON (peak RSS growth of each, tracemalloc peak)."""
+    spec = PreprocessSpec(sampling=sampling)
+    rss0 = _reset_peak_rss()  # after the imports: the peak is the call's alone
     tracemalloc.start()
     out = METHODS[method](Path(video), spec)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    delta = (_status_kib("VmHWM") - rss0) * 1024
-    print(json.dumps({"rss_peak_delta": max(delta, 0), "tracemalloc_peak": peak, "out_bytes": out.nbytes}))
+    cold = _status_kib("VmHWM") * 1024 - rss0
+    del out
+    rss1 = _reset_peak_rss()
+    out = METHODS[method](Path(video), spec)
+    warm = _status_kib("VmHWM") * 1024 - rss1
+    print(
+        json.dumps(
+            {
+                "rss_peak_delta": max(cold, 0),
+                "rss_peak_delta_warm": max(warm, 0),
+                "tracemalloc_peak": peak,
+                "out_bytes": out.nbytes,
+            }
+        )
+    )
 
 
 def measure_memory(method: str, video: Path, sampling: str) -> dict[str, int]:
@@ -128,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         child(*args.child)
         return 0
     reps = 3 if args.quick else 10
+    load_before = os.getloadavg()
     out_dir = ROOT / "benchmarks" / "results" / f"preprocess_speed-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     videos = {codec: make_clip(out_dir / f"clip_{codec}{ENCODERS[codec][1]}", codec) for codec in ENCODERS}
@@ -135,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     for case, (codec, sampling) in CASES.items():
         spec = PreprocessSpec(sampling=sampling)
         video = videos[codec]
-        np.testing.assert_allclose(reference(video, spec), baseline(video, spec), atol=0)  # same output
+        expected = baseline(video, spec)
+        for method, fn in METHODS.items():  # the same array, bit for bit
+            np.testing.assert_array_equal(fn(video, spec), expected, err_msg=method)
         row: dict[str, dict] = {}
         # Interleave the methods so load from other processes on this shared machine hits both alike;
         # CPU time (all threads of this process) is reported too, as the measure of work done.
@@ -152,27 +185,49 @@ def main(argv: list[str] | None = None) -> int:
             ms = float(np.median(wall[method]) * 1000)
             cpu_ms = float(np.median(cpu[method]) * 1000)
             row[method] = {"ms_per_video": ms, "cpu_ms_per_video": cpu_ms, "videos_per_s": 1000 / ms, **mem}
-        row["speedup"] = row["baseline"]["ms_per_video"] / row["reference"]["ms_per_video"]
-        row["cpu_speedup"] = row["baseline"]["cpu_ms_per_video"] / row["reference"]["cpu_ms_per_video"]
+        b = row["baseline"]
+        for method in METHODS:
+            if method != "baseline":
+                row[method]["speedup"] = b["ms_per_video"] / row[method]["ms_per_video"]
+                row[method]["cpu_speedup"] = b["cpu_ms_per_video"] / row[method]["cpu_ms_per_video"]
+        row["speedup"] = row["reference"]["speedup"]
+        row["cpu_speedup"] = row["reference"]["cpu_speedup"]
         results[case] = row
-        b, r = row["baseline"], row["reference"]
         mib = 2**20
         print(
-            f"{case:13s} baseline {b['ms_per_video']:7.1f} ms ({b['videos_per_s']:5.2f}/s, peak RSS +"
-            f"{b['rss_peak_delta'] / mib:5.1f} MiB) | reference {r['ms_per_video']:6.1f} ms "
-            f"({r['videos_per_s']:5.2f}/s, peak RSS +{r['rss_peak_delta'] / mib:5.1f} MiB) | "
-            f"output {r['out_bytes'] / mib:.1f} MiB | x{row['speedup']:.2f} wall, "
-            f"x{row['cpu_speedup']:.2f} CPU time"
+            f"{case:13s} output {b['out_bytes'] / mib:.1f} MiB; baseline {b['ms_per_video']:6.1f} ms "
+            f"(CPU {b['cpu_ms_per_video']:6.1f} ms, peak RSS +{b['rss_peak_delta'] / mib:5.1f} MiB "
+            f"first call, +{b['rss_peak_delta_warm'] / mib:5.1f} MiB next)"
         )
-    (out_dir / "results.json").write_text(json.dumps({"repetitions": reps, "cases": results}, indent=2))
+        for method in METHODS:
+            if method == "baseline":
+                continue
+            r = row[method]
+            print(
+                f"  {method:12s} {r['ms_per_video']:6.1f} ms (CPU {r['cpu_ms_per_video']:6.1f} ms, "
+                f"{r['videos_per_s']:5.2f}/s, peak RSS +{r['rss_peak_delta'] / mib:5.1f} MiB first call, "
+                f"+{r['rss_peak_delta_warm'] / mib:5.1f} MiB next) | x{r['speedup']:.2f} wall, "
+                f"x{r['cpu_speedup']:.2f} CPU time"
+            )
+    load_after = os.getloadavg()
+    summary = {
+        "repetitions": reps,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "cpu_count": os.cpu_count(),
+        "cases": results,
+    }
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     _plot(results, out_dir / "preprocess_speed.png")
     for v in videos.values():
         v.unlink()
     head = results["h264_uniform"]
     print(
         f"preprocess_speed: reference is {head['speedup']:.2f}x (wall) / {head['cpu_speedup']:.2f}x "
-        f"(CPU time) the decode-everything baseline on the 10 s "
-        f"340x256 H.264 clip (uniform, 8x3 views); results in {out_dir}"
+        f"(CPU time) the decode-everything baseline on the 10 s 340x256 H.264 clip (uniform, 8x3 views), "
+        f"{head['reference-1t']['speedup']:.2f}x / {head['reference-1t']['cpu_speedup']:.2f}x with one "
+        f"decoder thread; load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} "
+        f"cores; results in {out_dir}"
     )
     return 0
 
@@ -186,8 +241,10 @@ def _plot(results: dict[str, dict], path: Path) -> None:
     cases = list(results)
     x = np.arange(len(cases))
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(METHODS)
     for k, method in enumerate(METHODS):
-        ax.bar(x + (k - 0.5) * 0.38, [results[c][method]["ms_per_video"] for c in cases], 0.38, label=method)
+        offset = (k - (len(METHODS) - 1) / 2) * width
+        ax.bar(x + offset, [results[c][method]["ms_per_video"] for c in cases], width, label=method)
     for i, c in enumerate(cases):
         ax.text(
             i,

@@ -98,7 +98,26 @@ def test_resize_runs_single_threaded_and_restores_torch_threads(monkeypatch: pyt
         torch.set_num_threads(2)
         monkeypatch.setattr(video.F, "interpolate", spy)
         got = video.views_from_frames(frames, spec)
-        assert seen == [1] and torch.get_num_threads() == 2
+        assert seen == [1] * 4 and torch.get_num_threads() == 2  # one resize per frame
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("shape", [(4, 120, 160), (3, 160, 120), (2, 96, 96)])
+def test_frame_by_frame_views_equal_the_batched_resize(shape: tuple[int, int, int]) -> None:
+    """Views are built one frame at a time (less memory); they equal resizing the whole clip at once."""
+    from training.video import crop_offsets, resize_frames, views_from_frames
+
+    t, h, w = shape
+    frames = np.random.default_rng(1).integers(0, 256, size=(t, h, w, 3), dtype=np.uint8)
+    spec = PreprocessSpec(num_frames=t, short_side=96, crop_size=80, crops="three", mean=(0.4, 0.5, 0.6))
+    x = resize_frames(frames, 96)  # (T, 3, h, w), all frames in one call
+    mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+    x = (x.numpy() / np.float32(255.0) - mean) / std
+    c = spec.crop_size
+    expected = np.stack(
+        [x[:, :, y : y + c, x0 : x0 + c].transpose(1, 0, 2, 3) for y, x0 in crop_offsets(*x.shape[2:], spec)]
+    )
+    assert np.array_equal(views_from_frames(list(frames), spec), expected)

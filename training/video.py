@@ -609,6 +609,18 @@ def _one_torch_thread() -> Iterator[None]:
                 torch.set_num_threads(prev)
 
 
+def _resize_one(frame: np.ndarray, nh: int, nw: int) -> torch.Tensor:
+    """One uint8 frame ``(H, W, 3)`` -> float32 ``(1, 3, nh, nw)`` (0..255), bilinear, no antialias.
+
+    The float frame keeps the (H, W, 3) memory order (channels-last strides): torch's channels-last
+    bilinear kernel is about 4x faster here than the planar one, with bit-identical results.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+    if x.shape[2:] == (nh, nw):
+        return x
+    return F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
+
+
 def resize_frames(frames: np.ndarray | list[np.ndarray], short_side: int) -> torch.Tensor:
     """uint8 frames ``(T, H, W, 3)`` -> float32 ``(T, 3, h, w)`` on the 0..255 scale, short side scaled.
 
@@ -673,20 +685,24 @@ def views_from_frames(
     short = spec.short_side
     if train and spec.short_side_max is not None:
         short = int(rng.integers(spec.short_side, spec.short_side_max + 1))
+    t = len(frames)
+    nh, nw = scaled_size(*frames[0].shape[:2], short)
+    c = spec.crop_size
+    offsets = crop_offsets(nh, nw, spec, rng if train else None)
+    flip = bool(train and spec.flip and rng.random() < 0.5)
     with _one_torch_thread():
-        x = resize_frames(frames, short)  # (T, 3, h, w), 0..255
-        t, _, h, w = x.shape
-        c = spec.crop_size
-        offsets = crop_offsets(h, w, spec, rng if train else None)
-        # Normalise once on the resized frames (views overlap), in place: (x/255 - mean)/std.
         std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
         mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        x.div_(255.0).sub_(mean).div_(std)
-        flip = bool(train and spec.flip and rng.random() < 0.5)
         out = torch.empty((len(offsets), 3, t, c, c), dtype=torch.float32)  # (V, 3, T, c, c)
-        for v, (y, x0) in enumerate(offsets):
-            view = x[:, :, y : y + c, x0 : x0 + c].permute(1, 0, 2, 3)  # (3, T, c, c) view, no copy
-            out[v].copy_(view.flip(-1) if flip else view)
+        # One frame at a time: only one frame's float copies live beside the output (the batched form
+        # held all T full-size float frames and all T resized ones), and each step stays in cache.
+        for i, frame in enumerate(frames):
+            x = _resize_one(frame, nh, nw)  # (1, 3, nh, nw), 0..255
+            # Normalise once per frame (views overlap), in place: (x/255 - mean)/std.
+            x.div_(255.0).sub_(mean).div_(std)
+            for v, (y, x0) in enumerate(offsets):
+                crop = x[0, :, y : y + c, x0 : x0 + c]  # (3, c, c) view, no copy
+                out[v, :, i].copy_(crop.flip(-1) if flip else crop)
         return out.numpy()
 
 
