@@ -121,3 +121,17 @@ def test_frame_by_frame_views_equal_the_batched_resize(shape: tuple[int, int, in
         [x[:, :, y : y + c, x0 : x0 + c].transpose(1, 0, 2, 3) for y, x0 in crop_offsets(*x.shape[2:], spec)]
     )
     assert np.array_equal(views_from_frames(list(frames), spec), expected)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "gray"])
+def test_single_threaded_rgb_conversion_equals_pyav_default(pix_fmt: str, tmp_path: Path) -> None:
+    """Frames are converted with one swscale thread; the pixels equal PyAV's default conversion."""
+    from training.video import decode_all_frames
+
+    frames = np.random.default_rng(2).integers(0, 256, size=(3, 47, 61, 3), dtype=np.uint8)
+    path = encode_video(tmp_path / "v.mkv", frames, "ffv1", pix_fmt=pix_fmt)
+    with av.open(str(path)) as container:
+        default = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    ours = decode_all_frames(path)
+    assert len(ours) == len(default) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(ours, default))
