@@ -135,3 +135,31 @@ def test_single_threaded_rgb_conversion_equals_pyav_default(pix_fmt: str, tmp_pa
     ours = decode_all_frames(path)
     assert len(ours) == len(default) == 3
     assert all(np.array_equal(a, b) for a, b in zip(ours, default))
+
+
+def test_keyframe_intervals_are_shared_among_decode_threads(
+    bframe_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """threads=2 decodes the six needed keyframe intervals on two threads (each its own container);
+    threads=1 keeps everything on the calling thread. Both give the frames of the decode-everything path."""
+    import threading
+
+    import training.video as video
+
+    calls: list[tuple[str, list[int]]] = []
+    decode_groups = video._decode_groups
+
+    def spy(container, name, groups, *args, **kwargs):  # noqa: ANN001, ANN202 -- pass-through
+        calls.append((threading.current_thread().name, list(groups)))
+        return decode_groups(container, name, groups, *args, **kwargs)
+
+    monkeypatch.setattr(video, "_decode_groups", spy)
+    full = decode_clip(bframe_video, SMALL, seek=False)
+    for threads, expected_threads in ((1, 1), (2, 2)):
+        calls.clear()
+        clip = decode_clip(bframe_video, SMALL, limits=DecodeLimits(threads=threads))
+        assert len({name for name, _ in calls}) == expected_threads
+        keys = [k for _, groups in calls for k in groups]
+        assert len(keys) == len(set(keys)) == 6  # every interval decoded once, by one thread
+        assert clip.seeks == 6 and clip.indices == full.indices
+        assert all(np.array_equal(a, b) for a, b in zip(clip.frames, full.frames))

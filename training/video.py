@@ -31,6 +31,7 @@ import math
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ class DecodeLimits:
     max_pixels: width*height of a frame (default 4096x2160, "4K DCI"; 8K is refused).
     max_decoded_frames: frames the decoder may produce for one clip, over every pass (decode work).
     max_packets: video packets the probe may read (bounds the demux pass and the frame count).
-    threads: decoder threads (0 = FFmpeg's choice); ``thread_type='AUTO'`` (frame + slice threading).
+    threads: decode threads per clip; 1 = everything on the calling thread (what a server running
+        several requests at once wants); n > 1 = up to n keyframe intervals decoded at once on the seek
+        path (FFmpeg frame + slice threads where a single decoder runs); 0 = one per usable core.
     """
 
     max_bytes: int = 1 << 30
@@ -250,41 +253,56 @@ def probe_video(source: VideoSource, *, limits: DecodeLimits | None = None) -> V
 
 
 class _Work:
-    """Counts decoder output across passes and enforces ``max_decoded_frames``."""
+    """Counts decoder output across passes (and worker threads) and enforces ``max_decoded_frames``."""
 
     def __init__(self, name: str, limit: int) -> None:
         self.name, self.limit, self.frames, self.seeks, self.errors = name, limit, 0, 0, 0
         self.packets = 0  # packets sent to the decoder (skipped non-reference ones included)
+        self._lock = threading.Lock()
 
     def tick(self) -> None:
-        self.frames += 1
-        if self.frames > self.limit:
+        with self._lock:
+            self.frames += 1
+            over = self.frames > self.limit
+        if over:
             raise VideoDecodeError(
                 f"{self.name}: decoding would need more than {self.limit} frames (max_decoded_frames)"
             )
 
+    def packet(self) -> None:
+        with self._lock:
+            self.packets += 1
 
-def _configure(stream: Any, limits: DecodeLimits) -> None:
-    # Frame+slice threading roughly doubles decode speed on 2 cores for H.264/HEVC/VP9 at web sizes.
+    def seek(self) -> None:
+        with self._lock:
+            self.seeks += 1
+
+    def error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+
+def _configure(stream: Any, limits: DecodeLimits, threads: int | None = None) -> None:
+    """Frame + slice threading with ``threads`` (default ``limits.threads``; 0 = FFmpeg's choice)."""
     stream.thread_type = "AUTO"
-    stream.codec_context.thread_count = limits.threads
+    stream.codec_context.thread_count = limits.threads if threads is None else threads
 
 
 def _frames(container: Any, stream: Any, work: _Work) -> Iterator[Any]:
     """Every decoded frame in output (presentation) order; a packet that fails to decode is skipped."""
     try:
         for packet in container.demux(stream):
-            work.packets += 1
+            work.packet()
             try:
                 out = packet.decode()
             except av.error.FFmpegError:
-                work.errors += 1  # corrupt packet: keep going, what is sound still decodes
+                work.error()  # corrupt packet: keep going, what is sound still decodes
                 continue
             for frame in out:
                 work.tick()
                 yield frame
     except av.error.FFmpegError:
-        work.errors += 1  # demuxer gave up (truncated data): drain what the decoder still holds
+        work.error()  # demuxer gave up (truncated data): drain what the decoder still holds
         try:
             for frame in stream.codec_context.decode(None):
                 work.tick()
@@ -328,49 +346,121 @@ def _frame_rotation(frame: Any, stream: Any) -> int:
 
 
 def _decode_by_pts(
-    container: Any, name: str, info: VideoInfo, needed: list[int], limits: DecodeLimits, work: _Work
+    container: Any,
+    opener: Any,
+    name: str,
+    info: VideoInfo,
+    needed: list[int],
+    limits: DecodeLimits,
+    work: _Work,
 ) -> tuple[dict[int, np.ndarray], int]:
     """Seek path: frames ``needed`` (sorted unique indices) by pts; returns what it found and the rotation.
 
-    ``container`` is the one the probe read (opening costs a stream-info pass, which may decode a frame);
-    every group starts with a seek, so where the probe left it does not matter.
-
-    Needed frames are grouped by the keyframe interval they lie in. For each group still missing a frame:
-    seek to its keyframe, feed packets in decode order only until every needed packet of the group has
-    been sent (a frame depends only on packets before it in decode order), then drain the decoder. So no
-    packet after the group's last needed one is decoded -- not the reorder delay, not the frames FFmpeg's
-    frame threads would have started. A frame with a pts below the keyframe it was decoded from (an open
-    GOP's leading picture) lacks references and is never taken. Anything not found is left to the caller's
-    decode-from-the-start fallback.
+    Needed frames are grouped by the keyframe interval they lie in; intervals decode independently of one
+    another. With several decoder threads allowed and several intervals to decode, the intervals are
+    shared among that many workers (longest first, each to the least loaded), each with its own
+    container (``opener``) and a single-threaded decoder: whole intervals in parallel scale better than
+    FFmpeg's frame threads, which sync on every frame and must refill their pipeline after every seek.
+    Otherwise everything runs on ``container`` (the one the probe read: opening costs a stream-info pass,
+    which may decode a frame) with ``limits.threads`` frame threads. Anything not found is left to the
+    caller's decode-from-the-start fallback.
     """
     assert info.frame_pts is not None
-    targets = [info.frame_pts[i] for i in needed]  # ascending pts
-    want = dict(zip(targets, needed))
+    frame_pts = info.frame_pts
+    targets = [frame_pts[i] for i in needed]  # ascending pts
+    index_of = dict(zip(targets, needed))
     keys = info.keyframe_pts
     groups: dict[int, list[int]] = {}
     for t in targets:
         groups.setdefault(keys[max(bisect.bisect_right(keys, t) - 1, 0)], []).append(t)
+    workers = min(_interval_workers(limits), len(groups))
+    if workers <= 1:
+        found, rotation = _decode_groups(container, name, groups, targets, limits, work, limits.threads)
+        return {index_of[p]: a for p, a in found.items()}, rotation
+    # Cost of an interval: frames from its keyframe to its last needed one (display order, a close proxy
+    # for the packets fed). Longest first, each to the least loaded worker.
+    cost = {
+        k: bisect.bisect_left(frame_pts, g[-1]) - bisect.bisect_left(frame_pts, k) + 1
+        for k, g in groups.items()
+    }
+    shares: list[dict[int, list[int]]] = [{} for _ in range(workers)]
+    load = [0] * workers
+    for k in sorted(groups, key=lambda k: -cost[k]):
+        w = load.index(min(load))
+        shares[w][k] = groups[k]
+        load[w] += cost[k]
+    shares = [dict(sorted(s.items())) for s in shares if s]  # forward seeks within a share
+
+    def run(share: dict[int, list[int]]) -> tuple[dict[int, np.ndarray], int]:
+        own = _open(opener, name)
+        try:
+            return _decode_groups(own, name, share, targets, limits, work, 1)
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(max_workers=len(shares) - 1, thread_name_prefix="decode") as pool:
+        futures = [pool.submit(run, share) for share in shares[1:]]
+        results = [_decode_groups(container, name, shares[0], targets, limits, work, 1)]
+        results += [f.result() for f in futures]  # re-raises a worker's VideoDecodeError
+    found: dict[int, np.ndarray] = {}
+    rotation, first = 0, None
+    for part, rot in results:
+        found.update(part)
+        if part and (first is None or min(part) < first):
+            first, rotation = min(part), rot  # the stream's rotation, as its earliest frame says
+    return {index_of[p]: a for p, a in found.items()}, rotation
+
+
+def _interval_workers(limits: DecodeLimits) -> int:
+    """How many keyframe intervals may decode at once: ``limits.threads``, or one per usable core for 0."""
+    if limits.threads > 0:
+        return limits.threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _decode_groups(
+    container: Any,
+    name: str,
+    groups: dict[int, list[int]],
+    targets: list[int],
+    limits: DecodeLimits,
+    work: _Work,
+    threads: int,
+) -> tuple[dict[int, np.ndarray], int]:
+    """Decode keyframe intervals ``groups`` (keyframe pts -> needed pts) on one container, by pts.
+
+    For each interval still missing a frame: seek to its keyframe, feed packets in decode order only until
+    every needed packet of the interval has been sent (a frame depends only on packets before it in
+    decode order), then drain the decoder. So no packet after the interval's last needed one is decoded --
+    not the reorder delay, not the frames FFmpeg's frame threads would have started. A frame with a pts
+    below the keyframe it was decoded from (an open GOP's leading picture) lacks references and is never
+    taken. Returns the RGB frames found by pts and the rotation.
+    """
+    want = set(targets)
     out: dict[int, np.ndarray] = {}
     rotation = 0
     stream = _video_stream(container, name)
-    _configure(stream, limits)
+    _configure(stream, limits, threads)
     for k, group in groups.items():
         pending = [t for t in group if t not in out]
         if not pending:
-            continue  # already taken while decoding an earlier group
+            continue  # already taken while decoding an earlier interval
         container.seek(k, stream=stream, backward=True, any_frame=False)
-        work.seeks += 1
+        work.seek()
         floor_pts = min(k, pending[0])
-        for frame in _group_frames(container, stream, work, set(pending), set(targets)):
+        for frame in _group_frames(container, stream, work, set(pending), want):
             fp = frame.pts
             if fp is None:
-                return {want[p]: a for p, a in out.items()}, rotation  # let the caller fall back
+                return out, rotation  # timestamps vanished: let the caller fall back
             if fp in want and fp not in out and fp >= floor_pts:
                 _check_size(frame, name, limits)
                 if not out:
                     rotation = _frame_rotation(frame, stream)
                 out[fp] = _to_rgb(frame)
-    return {want[p]: a for p, a in out.items()}, rotation
+    return out, rotation
 
 
 def _group_frames(
@@ -406,11 +496,11 @@ def _group_frames(
             mode = "DEFAULT" if pts is None or pts in keep else "NONREF"
             if cc.skip_frame != mode:
                 cc.skip_frame = mode
-            work.packets += 1
+            work.packet()
             try:
                 out = packet.decode()
             except av.error.FFmpegError:
-                work.errors += 1
+                work.error()
                 out = []
             for frame in out:
                 work.tick()
@@ -419,13 +509,13 @@ def _group_frames(
             if not pending:
                 break
     except av.error.FFmpegError:
-        work.errors += 1  # the demuxer gave up (truncated data): drain what the decoder still holds
+        work.error()  # the demuxer gave up (truncated data): drain what the decoder still holds
     try:
         for frame in cc.decode(None):
             work.tick()
             yield frame
     except av.error.FFmpegError:
-        work.errors += 1
+        work.error()
 
 
 def _decode_by_order(
@@ -506,11 +596,11 @@ def decode_clip(
         rotation = 0
         if seek and info.seekable:
             try:
-                frames, rotation = _decode_by_pts(container, name, info, needed, limits, work)
+                frames, rotation = _decode_by_pts(container, opener, name, info, needed, limits, work)
             except VideoDecodeError:
                 raise
             except (av.error.FFmpegError, OSError):
-                work.errors += 1  # e.g. a seek the demuxer refuses: the fallback below decides
+                work.error()  # e.g. a seek the demuxer refuses: the fallback below decides
                 frames = {}
     finally:
         container.close()
