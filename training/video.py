@@ -6,12 +6,14 @@ This is the implementation training, the tests and the CPU serving path use; the
 1. **Probe** (demux only, no decoding): every video packet's pts and keyframe flag. This gives the frame
    count (checked against the container's claim), the presentation timeline and a keyframe index.
 2. **Sample** indices with :func:`training.sampling.sample_indices`.
-3. **Decode only what the indices need**: frames are identified by pts; when the next needed frame lies
-   beyond the next keyframe, seek to the keyframe before it instead of decoding on. Frames that are not
-   needed are never converted to RGB nor kept. When timestamps are unusable (missing/duplicated pts) or a
-   needed frame does not come out of the decoder (corrupt data, a container that claims more frames than
-   it holds), decoding falls back to counting frames in decode-output order from the start; the indices are
-   then re-sampled over the frames that really decode.
+3. **Decode only what the indices need**: frames are identified by pts and grouped by keyframe interval;
+   each interval is decoded from its keyframe up to its last needed packet (decode order), non-reference
+   frames that are not needed skipped, then drained. Intervals may decode in parallel
+   (``DecodeLimits.threads``). Frames that are not needed are never converted to RGB nor kept; the
+   output is bit-identical whatever the thread count. When timestamps are unusable (missing/duplicated
+   pts) or a needed frame does not come out of the decoder (corrupt data, a container that claims more
+   frames than it holds), decoding falls back to counting frames in decode-output order from the start;
+   the indices are then re-sampled over the frames that really decode.
 4. **Rotate** by the display matrix (or legacy ``rotate`` tag), so portrait phone videos come out upright.
 5. **Resize** the short side to ``spec.short_side`` (bilinear, ``align_corners=False``, no antialias, as
    PaddleVideo's ``JitterScale`` with paddle ``F.interpolate``); long side ``int(floor(long/short*size))``.
