@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +37,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """``training.model.<arch>(num_classes=..., **kwargs)`` from the ``model`` config section, then the
     ``pretrained`` weights (any format training.convert imports; ImageNet ViT image weights are inflated),
-    then, if ``time_embed_init_std`` is set, a truncated-normal ``time_embed``."""
+    then the optional from-scratch inits: ``time_embed_init`` ``normal`` (truncated normal of std
+    ``time_embed_init_std``) or ``sincos`` (sinusoids of amplitude ``time_embed_init_scale``), and
+    ``pos_embed_init_scale`` (2-D sinusoids of that amplitude over the patch grid)."""
     from training import model as model_lib
 
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", "time_embed_init_std")}
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", *INIT_KEYS)}
     kwargs["num_classes"] = num_classes
     factory = getattr(model_lib, model_cfg["arch"], None)
     if not callable(factory) or model_cfg["arch"].startswith("_"):
@@ -51,12 +54,42 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if model_cfg.get("pretrained"):
         load_pretrained(model, model_cfg["pretrained"])
     std = model_cfg.get("time_embed_init_std")
-    if std and hasattr(model, "time_embed"):
-        # The official init leaves time_embed at zero; without it temporal attention cannot tell frame
-        # order, and from scratch (no image weights) the symmetric start learns direction very slowly.
-        with torch.no_grad():
+    kind = model_cfg.get("time_embed_init", "normal")
+    if kind not in ("normal", "sincos"):
+        raise ValueError(f"model.time_embed_init must be normal or sincos, got {kind!r}")
+    with torch.no_grad():
+        if hasattr(model, "time_embed") and kind == "sincos":
+            # Smooth, ordered codes of frame position: from scratch, direction of motion is learnt only
+            # when the time code is strong next to the patch features (a weak random one leaves the
+            # model reading the axis of motion but not its direction).
+            t, c = model.time_embed.shape[1:]
+            model.time_embed.copy_(float(model_cfg.get("time_embed_init_scale", 1.0)) * sincos_1d(t, c)[None])
+        elif std and hasattr(model, "time_embed"):
+            # The official init leaves time_embed at zero; with it the network is exactly invariant to
+            # reversing time, so from scratch the gradient towards direction of motion starts at zero.
             nn.init.trunc_normal_(model.time_embed, std=float(std), a=-2 * float(std), b=2 * float(std))
+        scale = model_cfg.get("pos_embed_init_scale")
+        if scale and hasattr(model, "pos_embed"):
+            g = model.patch_embed.grid_size
+            c = model.pos_embed.shape[-1]
+            ys, xs = sincos_1d(g, c // 2), sincos_1d(g, c - c // 2)  # (g, c/2) each
+            grid = torch.cat([ys[:, None].expand(g, g, -1), xs[None].expand(g, g, -1)], dim=-1)  # (g, g, c)
+            model.pos_embed[0, 1:].copy_(float(scale) * grid.reshape(g * g, c))  # the cls slot keeps its init
     return model
+
+
+INIT_KEYS = ("time_embed_init", "time_embed_init_std", "time_embed_init_scale", "pos_embed_init_scale")
+
+
+def sincos_1d(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) sinusoids of positions 0..n-1 with angular frequencies from pi down to pi/n (geometric),
+    so that every channel varies over a range this short -- the 10000-based ViT code barely changes
+    over 8 frames."""
+    half = dim // 2
+    omega = math.pi * (1.0 / n) ** (torch.arange(half, dtype=torch.float32) / max(half - 1, 1))  # (half,)
+    angle = torch.arange(n, dtype=torch.float32)[:, None] * omega  # (n, half)
+    out = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)  # (n, 2*half)
+    return torch.cat([out, torch.zeros(n, dim - 2 * half)], dim=1)  # (n, dim)
 
 
 def load_any_checkpoint(path: str | Path) -> Checkpoint:
