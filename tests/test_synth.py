@@ -86,16 +86,39 @@ def test_motion_defines_the_class(label: int) -> None:
         assert abs(area[-1] / area[0] - 1) < 0.35  # a rotating bar keeps its size
 
 
-def test_first_frame_does_not_reveal_the_pair() -> None:
-    """Paired classes share start statistics: object size at the first frame, grow vs shrink."""
+def test_frames_without_their_order_do_not_reveal_the_pair() -> None:
+    """Paths are symmetric about the middle frame: grow and shrink clips show the same sizes (in opposite
+    orders), left and right clips the same positions, and the object never wraps around a border."""
+
+    def area(f: np.ndarray) -> np.ndarray:  # (T,) object pixels per frame, as a fraction of the frame
+        return (f.max(axis=-1) > 130).reshape(len(f), -1).mean(axis=1)
+
     grow = [render_clip(4, np.random.default_rng(s))[0] for s in range(12)]
     shrink = [render_clip(5, np.random.default_rng(100 + s))[0] for s in range(12)]
+    g = np.median([area(f).mean() for f in grow])
+    s = np.median([area(f).mean() for f in shrink])
+    assert 0.75 < g / s < 1.33
+    assert all(area(f)[-1] > 3 * area(f)[0] for f in grow) and all(
+        area(f)[0] > 3 * area(f)[-1] for f in shrink
+    )
+    for seed in range(6):
+        frames = render_clip(0, np.random.default_rng(seed))[0]  # moving left
+        xs = [np.nonzero(f.max(axis=-1) > 130)[1] for f in frames]
+        # One connected object all the time (no part wrapped to the other border), moving steadily left.
+        assert all(x.max() - x.min() < frames.shape[2] / 2 for x in xs)
+        centre = np.array([x.mean() for x in xs])
+        assert np.all(np.diff(centre) <= 0.5) and centre[0] - centre[-1] > 0.4 * min(frames.shape[1:3])
 
-    def rel_area(f: np.ndarray) -> float:
-        return float((f[0].max(axis=-1) > 130).mean())
 
-    g, s = np.median([rel_area(f) for f in grow]), np.median([rel_area(f) for f in shrink])
-    assert 0.5 < g / s < 2.0
+def test_class_subset(tmp_path: Path) -> None:
+    counts = make_synthetic_dataset(
+        tmp_path, per_class=1, val_per_class=1, progress=False, classes=("moving_right", "moving_left")
+    )
+    assert counts == {"train": 2, "val": 2}
+    assert read_label_list(tmp_path / "labels.txt") == ["moving_right", "moving_left"]
+    assert (tmp_path / "train.list").read_text().split("\n")[0] == "train/moving_right/00000.mp4 0"
+    with pytest.raises(ValueError, match="classes"):
+        make_synthetic_dataset(tmp_path, per_class=1, progress=False, classes=("jumping",))
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

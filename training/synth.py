@@ -7,18 +7,21 @@ every 2 s like web video.
 
 Design rules that make it a test of *temporal* modelling:
 
-* the first frame alone says nothing about the class: start positions are uniform over the frame
-  (translation wraps around the borders), start sizes and angles share one distribution for the paired
-  classes;
-* every class played backwards is its paired class (left <-> right, grow <-> shrink, cw <-> ccw);
-* motion is large over the clip (the object travels 40-70% of the frame, sizes change 2x, rotations turn
-  120-200 degrees), so 8 sampled frames always show it unambiguously.
+* every class played backwards is its paired class (left <-> right, up <-> down, grow <-> shrink,
+  cw <-> ccw), with the same distribution: paths are symmetric about the middle frame, whose position,
+  size and angle are drawn alike for both classes of a pair, so the frames without their order say
+  nothing about the direction;
+* motion stays inside the frame's central square for the whole clip (no wrap-around at the borders,
+  which would show motion both ways), so a centre crop sees all of it;
+* motion is large over the clip (the object travels 45-60% of the square, sizes change 2-2.6x, the bar
+  turns 120-180 degrees), so 8 sampled frames always show it unambiguously.
 
 Writes ``DIR/{train,val}/<class>/<n>.<ext>``, ``train.list`` / ``val.list`` (``relative/path label``,
 Kinetics style) and ``labels.txt`` (``id name``). Deterministic for a seed (the same bytes with the same
 FFmpeg build); the validation split uses its own seeds.
 
     python -m training.synth --out data/synthetic [--per-class 40] [--codec h264|vp9|mjpeg] [--seed 0]
+        [--classes moving_left,moving_right]
 """
 
 from __future__ import annotations
@@ -72,52 +75,58 @@ def _texture(rng: np.random.Generator, h: int, w: int, lo: int, hi: int) -> np.n
 
 
 def render_clip(label: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """One random clip of class ``label``: ((T, H, W, 3) uint8 RGB frames, fps)."""
+    """One random clip of class ``label``: ((T, H, W, 3) uint8 RGB frames, fps).
+
+    Every path (position, scale, angle) is symmetric about the clip's middle frame and its middle value is
+    drawn the same way for both classes of a pair, so a clip played backwards is a clip of the paired class
+    with exactly the paired class's distribution, and the set of frames (order ignored) says nothing about
+    the direction. All motion happens inside the frame's central square, which is what a centre crop keeps.
+    """
     name = CLASSES[label]
     w, h = SIZES[int(rng.integers(len(SIZES)))]
     fps = int(FRAME_RATES[int(rng.integers(len(FRAME_RATES)))])
     n = max(8, int(round(rng.uniform(1.5, 3.0) * fps)))
     background = _texture(rng, h, w, 0, 110)
-    short = min(h, w)
+    side = min(h, w)
+    ox, oy = (w - side) / 2, (h - side) / 2  # the central square's corner
     tex = _texture(rng, 64, 64, 140, 255)
     tex[:, 48:] = np.clip(tex[:, 48:].astype(int) + 60, 0, 255)  # a bright end: orientation is visible
-    aspect = 3.0 if name.startswith("rotating") else float(rng.uniform(0.8, 1.25))
-    base = rng.uniform(0.22, 0.4) * short  # object height in pixels (at the first frame)
-    cx0, cy0 = rng.uniform(0, w), rng.uniform(0, h)
-    angle0 = rng.uniform(0, 2 * math.pi) if name.startswith("rotating") else 0.0
-    s = np.linspace(0.0, 1.0, n)  # (T,) normalised time
-    cx = np.full(n, cx0)
-    cy = np.full(n, cy0)
+    s = np.linspace(-0.5, 0.5, n)  # (T,) time, centred on the middle frame
+    rot = name.startswith("rotating")
+    aspect = 3.0 if rot else float(rng.uniform(0.8, 1.25))
+    sign = 1.0 if name in ("moving_right", "moving_down", "growing", "rotating_clockwise") else -1.0
+    base = rng.uniform(0.2, 0.3) * side  # object height in pixels (at the middle frame)
     scale = np.ones(n)
-    angle = np.full(n, angle0)
-    travel = rng.uniform(0.4, 0.7)
-    if name == "moving_left":
-        cx = cx0 - travel * w * s
-    elif name == "moving_right":
-        cx = cx0 + travel * w * s
-    elif name == "moving_up":
-        cy = cy0 - travel * h * s
-    elif name == "moving_down":
-        cy = cy0 + travel * h * s
+    angle = np.full(n, rng.uniform(0, 2 * math.pi) if rot else 0.0)
+    cx = np.full(n, ox + side * rng.uniform(0.4, 0.6))
+    cy = np.full(n, oy + side * rng.uniform(0.4, 0.6))
+    if name.startswith("moving"):
+        travel = rng.uniform(0.45, 0.6) * side
+        half = base * max(aspect, 1.0) / 2 * 1.05  # the object's half extent, with a margin
+        # The whole path stays inside the square: no wrap-around (an object leaving one border and
+        # entering the other would show motion both ways).
+        lo, hi = half + travel / 2, side - half - travel / 2
+        mid = rng.uniform(lo, hi) if hi > lo else side / 2
+        across = rng.uniform(half, side - half)
+        if name in ("moving_left", "moving_right"):
+            cx, cy = ox + mid + sign * travel * s, np.full(n, oy + across)
+        else:
+            cx, cy = np.full(n, ox + across), oy + mid + sign * travel * s
     elif name in ("growing", "shrinking"):
-        ratio = rng.uniform(1.8, 2.4)
-        # Both start from the same size distribution (`base`); only the direction of change differs.
-        scale = np.exp(math.log(ratio) * s * (1 if name == "growing" else -1))
-        cx = np.full(n, rng.uniform(0.35, 0.65) * w)
-        cy = np.full(n, rng.uniform(0.35, 0.65) * h)
+        ratio = rng.uniform(2.0, 2.6)  # size at the last frame / size at the first (or its inverse)
+        scale = np.exp(math.log(ratio) * s * sign)
+        base = rng.uniform(0.25, 0.35) * side
     else:
-        turn = math.radians(rng.uniform(120, 200))
-        # Image y points down, so a clockwise turn on screen is a growing angle here.
-        angle = angle0 + turn * s * (1 if name == "rotating_clockwise" else -1)
-        cx = np.full(n, rng.uniform(0.4, 0.6) * w)
-        cy = np.full(n, rng.uniform(0.4, 0.6) * h)
+        # Image y points down, so a clockwise turn on screen is a growing angle here. Below 180 degrees
+        # over the clip, the 8 sampled frames are less than 30 degrees apart: the turn is unambiguous.
+        turn = math.radians(rng.uniform(120, 180))
+        angle = angle[0] + turn * s * sign
+        base = rng.uniform(0.2, 0.26) * side  # the bar (3x as long) stays inside the square
 
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     frames = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
-        # Offsets from the object centre, wrapped so an object leaving one border enters the other.
-        dx = (xs - cx[i] + w / 2) % w - w / 2
-        dy = (ys - cy[i] + h / 2) % h - h / 2
+        dx, dy = xs - cx[i], ys - cy[i]  # (H, W) offsets from the object centre
         c, sn = math.cos(angle[i]), math.sin(angle[i])
         u = (c * dx + sn * dy) / (base * aspect * scale[i])  # object frame, [-0.5, 0.5] inside
         v = (-sn * dx + c * dy) / (base * scale[i])
@@ -161,8 +170,14 @@ def make_synthetic_dataset(
     codec: str = "h264",
     seed: int = 0,
     progress: bool = True,
+    classes: tuple[str, ...] | list[str] | None = None,
 ) -> dict[str, int]:
-    """Write the dataset under ``out``; returns the number of videos per split."""
+    """Write the dataset under ``out``; returns the number of videos per split. ``classes`` picks a subset
+    of :data:`CLASSES` (labels then count 0.. in that order; each clip is the one the full set has)."""
+    names = tuple(CLASSES if classes is None else classes)
+    unknown = [c for c in names if c not in CLASSES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"classes must be distinct names from {list(CLASSES)}, got {list(names)}")
     if codec not in SYNTH_CODECS:
         raise ValueError(f"codec must be one of {sorted(SYNTH_CODECS)}, got {codec!r}")
     if per_class < 1:
@@ -173,20 +188,21 @@ def make_synthetic_dataset(
     ext = SYNTH_CODECS[codec][1]
     counts = {"train": per_class, "val": val_per_class}
     jobs = [
-        (split, label, i) for split in SPLITS for label in range(len(CLASSES)) for i in range(counts[split])
+        (split, label, i) for split in SPLITS for label in range(len(names)) for i in range(counts[split])
     ]
     lines: dict[str, list[str]] = {split: [] for split in SPLITS}
     for split, label, i in tqdm(jobs, desc=f"synth {codec}", unit="video", disable=not progress):
         # One seed per (seed, split, class, index): splits never share a clip, and any clip can be rebuilt.
-        rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], label, i]))
-        frames, fps = render_clip(label, rng)
-        rel = Path(split) / CLASSES[label] / f"{i:05d}{ext}"
+        full = CLASSES.index(names[label])
+        rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS[split], full, i]))
+        frames, fps = render_clip(full, rng)
+        rel = Path(split) / names[label] / f"{i:05d}{ext}"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         encode_clip(out / rel, frames, fps, codec)
         lines[split].append(f"{rel.as_posix()} {label}")
     for split, entries in lines.items():
         (out / f"{split}.list").write_text("\n".join(entries) + "\n")
-    (out / "labels.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(CLASSES)))
+    (out / "labels.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(names)))
     return {split: len(entries) for split, entries in lines.items()}
 
 
@@ -197,15 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-per-class", type=int, default=None, help="default: per-class // 4 (min 1)")
     parser.add_argument("--codec", choices=sorted(SYNTH_CODECS), default="h264")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", default=None, help="comma-separated subset of the class names")
     args = parser.parse_args(argv)
+    classes = args.classes.split(",") if args.classes else None
     t0 = time.perf_counter()
     try:
-        counts = make_synthetic_dataset(args.out, args.per_class, args.val_per_class, args.codec, args.seed)
+        counts = make_synthetic_dataset(
+            args.out, args.per_class, args.val_per_class, args.codec, args.seed, classes=classes
+        )
     except ValueError as exc:
         print(f"synth: {exc}", file=sys.stderr)
         return 2
     print(
-        f"synth: {counts['train']} train + {counts['val']} val videos, {len(CLASSES)} classes, "
+        f"synth: {counts['train']} train + {counts['val']} val videos, {len(classes or CLASSES)} classes, "
         f"{args.codec}, in {time.perf_counter() - t0:.1f} s -> {args.out}"
     )
     return 0
