@@ -35,7 +35,7 @@ demo: setup
 	@set -euo pipefail; \
 	trap '$(PY) -m triton_models.server stop --state-dir $(DEMO_STATE) >/dev/null 2>&1 || true' EXIT; \
 	if [ -f $(DEMO_DATA)/val.list ]; then echo "demo: $(DEMO_DATA) exists (make clean to regenerate)"; \
-	else $(PY) -m training.synth --out $(DEMO_DATA); fi; \
+	else $(PY) -m training.synth --out $(DEMO_DATA) --demo; fi; \
 	if [ -f $(DEMO_RUN)/best.pt ]; then echo "demo: $(DEMO_RUN)/best.pt exists (make clean to retrain)"; \
 	else $(PY) -m training.train -c training/configs/synthetic_tiny.yaml \
 	  -o output_dir=$(DEMO_RUN) -o data.root=$(DEMO_DATA); fi; \
@@ -50,7 +50,7 @@ CONFIG ?= training/configs/synthetic_tiny.yaml
 NPROC ?= 1
 train: setup
 	@if [ "$(CONFIG)" = training/configs/synthetic_tiny.yaml ] && [ ! -f data/synthetic/val.list ]; then \
-	  $(PY) -m training.synth --out data/synthetic; fi
+	  $(PY) -m training.synth --out data/synthetic --demo; fi
 	@if [ "$(NPROC)" -gt 1 ]; then \
 	  $(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training.train -c $(CONFIG) $(TRAIN_ARGS); \
 	else $(PY) -m training.train -c $(CONFIG) $(TRAIN_ARGS); fi

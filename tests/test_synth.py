@@ -126,3 +126,14 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "8 train + 0 val" in capsys.readouterr().out
     assert (tmp_path / "train" / "growing" / "00000.avi").is_file()
     assert main(["--out", str(tmp_path), "--per-class", "0"]) == 2
+
+
+def test_demo_preset_sets_its_own_classes_and_size() -> None:
+    from training.synth import DEMO_CLASSES, main
+
+    assert main(["--out", "/nonexistent-never-written", "--demo", "--classes", "growing"]) == 2
+    assert main(["--out", "/nonexistent-never-written", "--demo", "--per-class", "3"]) == 2
+    # Paired classes only: every direction class comes with its reversal.
+    pairs = {"moving_left": "moving_right", "moving_up": "moving_down", "growing": "shrinking"}
+    for a, b in pairs.items():
+        assert (a in DEMO_CLASSES) == (b in DEMO_CLASSES)

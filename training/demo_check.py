@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "val.list").is_file():
-        from training.synth import make_synthetic_dataset
+        from training.synth import DEMO_CLASSES, DEMO_PER_CLASS, make_synthetic_dataset
 
-        make_synthetic_dataset(data)
+        make_synthetic_dataset(data, DEMO_PER_CLASS, classes=DEMO_CLASSES)
     try:
         cfg = load_config(CONFIG, [f"data.root={data}", f"output_dir={args.out}", *args.override])
     except ConfigError as exc:
