@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("fp32", "fp16"), default=None, help="default: cpu fp32, gpu fp16")
     p.add_argument("--instances", type=int, default=1, help="classifier instances")
     p.add_argument("--preprocess-instances", type=int, default=2, help="decoding instances")
-    p.add_argument("--max-queue-delay-us", type=int, default=5000, help="dynamic batcher wait")
+    p.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher wait (us)")
     p.add_argument("--preferred-batch-size", type=_int_list, default=(), help="e.g. '2 4'")
     p.add_argument("--max-video-bytes", type=int, default=ServingLimits.max_bytes, help="request size limit")
     args = p.parse_args(argv)

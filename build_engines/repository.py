@@ -46,7 +46,9 @@ class RepositoryOptions:
     precision: str = "fp32"
     instances: int = 1  # classifier instances
     preprocess_instances: int = 2  # decoding runs while the classifier computes
-    max_queue_delay_us: int = 5000
+    # A request alone waits at most 1 ms for company: under load the queue fills while an instance is
+    # busy, so batches form anyway, and at concurrency 1 the wait is pure latency.
+    max_queue_delay_us: int = 1000
     preferred_batch_sizes: tuple[int, ...] = ()
     limits: ServingLimits = field(default_factory=ServingLimits)
 
