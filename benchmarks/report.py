@@ -130,6 +130,14 @@ def bottleneck(results: Mapping[str, Any]) -> str | None:
 # Plots
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure (every plot ends the same way)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_throughput(results: Mapping[str, Any], path: Path) -> Path:
     """Videos/s against concurrency for each measured model, baselines as horizontal lines."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -155,10 +163,7 @@ def plot_throughput(results: Mapping[str, Any], path: Path) -> Path:
         ax.set_ylim(bottom=0, top=hi)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_latency(results: Mapping[str, Any], path: Path) -> Path:
@@ -179,10 +184,7 @@ def plot_latency(results: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_stages(results: Mapping[str, Any], path: Path) -> Path:
@@ -209,10 +211,7 @@ def plot_stages(results: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"{ensemble}: where a request's time goes (server statistics)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_soak(soak: Mapping[str, Any], path: Path) -> Path:
@@ -235,10 +234,7 @@ def plot_soak(soak: Mapping[str, Any], path: Path) -> Path:
         ax2.set_ylabel("videos / s", color="C1")
         ax2.set_ylim(bottom=0)
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------
