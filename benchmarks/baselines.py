@@ -2,7 +2,7 @@
 
 in-process
     What the server's models do, called directly, one video after another: the reference preprocessing
-    (:func:`training.video.preprocess_video`, decode limits as the repository sets them) and the same
+    (:func:`training.preprocessing.preprocess_video`, decode limits as the repository sets them) and the same
     ``classifier/1/model.onnx`` through the same :class:`triton_models.runtime.OrtClassifier` (same ONNX
     Runtime session options and thread counts as the server's classifier instances). The server can at best
     overlap these two steps; this is the cost Triton is allowed to add to.
@@ -30,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.videos import BenchVideo
-from training.checkpoint import Checkpoint
-from training.sampling import sample_indices
-from training.spec import PreprocessSpec
+from training.modeling.checkpoint import Checkpoint
+from training.preprocessing.sampling import sample_indices
+from training.preprocessing.spec import PreprocessSpec
 
 
 @dataclass
@@ -129,7 +129,7 @@ def _timed_loop(
 def in_process_classifier(repository: str | Path) -> tuple[Callable[[bytes], np.ndarray], str]:
     """``bytes -> (K,) probabilities`` exactly as the cpu repository's models compute them, and a note of
     the threads used. Reads the spec/limits and the ONNX file from the generated repository."""
-    from training.video import preprocess_video
+    from training.preprocessing import preprocess_video
     from triton_models import contract, runtime
 
     repository = Path(repository)
@@ -222,7 +222,7 @@ def resize_bilinear_np(frame: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 def naive_views(frames: list[np.ndarray], fps: float, spec: PreprocessSpec) -> np.ndarray:
     """Sample, resize, crop and normalise in NumPy -> (V, 3, T, S, S) float32 (deterministic crops)."""
-    from training.video import crop_offsets, scaled_size
+    from training.preprocessing import crop_offsets, scaled_size
 
     idx = sample_indices(len(frames), fps, spec)
     h, w = frames[0].shape[:2]

@@ -100,7 +100,7 @@ def measure_model(
     mode: str, batch_sizes: Sequence[int], *, warmup: int, iters: int, num_classes: int = 400
 ) -> list[dict[str, Any]]:
     """views/s of ``pptimesformer_base_8x224`` (random weights) per batch size in one mode."""
-    from training.model import pptimesformer_base_8x224
+    from training.modeling.model import pptimesformer_base_8x224
 
     torch.manual_seed(0)
     model = pptimesformer_base_8x224(num_classes=num_classes, fused_attn=True).cuda().eval()

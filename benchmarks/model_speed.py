@@ -72,7 +72,7 @@ def matmul_gflops(reps: int) -> dict[str, float]:
 
 def run(quick: bool, threads: int, out_dir: Path) -> dict[str, Any]:
     from build_engines.export_onnx import ONNX_INPUT, ONNX_OUTPUT, export_model
-    from training.model import pptimesformer_base_8x224
+    from training.modeling.model import pptimesformer_base_8x224
     from triton_models.runtime import ort_cpu_session
 
     torch.set_num_threads(threads)

@@ -3,7 +3,7 @@
     python -m benchmarks.preprocess_speed [--quick]
 
 Baseline: how PaddleVideo's pyav decoder works -- decode every frame, convert each to RGB and keep them
-all, then sample and run the same resize/crop/normalise. Reference: :func:`training.video.preprocess_video`
+all, then sample and run the same resize/crop/normalise. Reference: ``preprocess_video``
 (demux-only probe, keyframe seeking, converts only the sampled frames).
 
 Cases: a 10 s 340x256 25 fps H.264 clip with a keyframe every 2 s in ``uniform`` mode (8 frames, three
@@ -39,9 +39,9 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from training.sampling import sample_indices
-from training.spec import PreprocessSpec
-from training.video import DecodeLimits, preprocess_video, views_from_frames
+from training.preprocessing import DecodeLimits, preprocess_video, views_from_frames
+from training.preprocessing.sampling import sample_indices
+from training.preprocessing.spec import PreprocessSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {

@@ -102,8 +102,8 @@ def plan_for(model: str, quick: bool) -> dict[str, Any]:
 
 def bench_checkpoint(model: str, work_dir: Path, override: str | None = None) -> tuple[Path, str]:
     """The checkpoint to serve and a note on where it came from."""
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.spec import PreprocessSpec
+    from training.modeling.checkpoint import Checkpoint, save_checkpoint
+    from training.preprocessing.spec import PreprocessSpec
 
     if override:
         path = Path(override)
@@ -114,7 +114,7 @@ def bench_checkpoint(model: str, work_dir: Path, override: str | None = None) ->
         return TRAINED_TINY, "trained on synthetic videos by `make demo`"
     import torch
 
-    from training import model as models
+    from training.modeling import model as models
 
     torch.manual_seed(0)
     if model == "tiny":
@@ -524,13 +524,13 @@ def run(args: argparse.Namespace) -> Path:
         else:
             results["notes"].append("external server without --repository: baselines skipped")
         if args.checkpoint:
-            from training.checkpoint import load_checkpoint
+            from training.modeling.checkpoint import load_checkpoint
 
             ckpt = load_checkpoint(args.checkpoint)
             results["checkpoint"] = args.checkpoint
     else:
         ckpt_path, source = bench_checkpoint(args.model, work, args.checkpoint)
-        from training.checkpoint import load_checkpoint
+        from training.modeling.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)
         repository = work / "model_repository"

@@ -36,9 +36,9 @@ def make_checkpoint(path: Path, *, num_frames: int = 8, size: int = 32, num_clas
     """A seeded random tiny checkpoint (no weights are downloaded)."""
     import torch
 
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.model import timesformer_tiny
-    from training.spec import PreprocessSpec
+    from training.modeling.checkpoint import Checkpoint, save_checkpoint
+    from training.modeling.model import timesformer_tiny
+    from training.preprocessing.spec import PreprocessSpec
 
     torch.manual_seed(0)
     model = timesformer_tiny(num_classes=num_classes, num_frames=num_frames, img_size=size)

@@ -5,8 +5,8 @@
 
 Frame count, crop, mean/std, label names and class count come from the checkpoint alone. Steps:
 
-1. the serving ONNX graph: the model wrapped so that it takes one batch of videos' views
-   ``VIEWS (B, V, 3, T, S, S)`` and returns ``PROBS (B, K)`` = softmax per view, mean over views -- both
+1. the serving ONNX graph (:mod:`build_engines.export_onnx`, ``graph="serving"``): one batch of videos'
+   views ``VIEWS (B, V, 3, T, S, S)`` -> ``PROBS (B, K)`` = softmax per view, mean over views -- both
    ONNX Runtime (cpu) and TensorRT (gpu) then run the post-processing inside the graph;
 2. configs, labels, spec files and python models (:mod:`build_engines.repository`);
 3. cpu: ``classifier/1/model.onnx``. gpu: ``preprocess/1/model.dali`` (the serialized ``mixed`` DALI
@@ -25,86 +25,31 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
+from build_engines.export_onnx import ExportError, export_onnx
 from build_engines.repository import RepositoryOptions, generate_configs
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.modeling.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.preprocessing.limits import DecodeLimits
 from triton_models import contract
-from triton_models.runtime import ServingLimits
-
-VERIFY_ATOL = 1e-4
 
 
 class BuildError(ValueError):
     """The repository could not be built; the message names the problem."""
 
 
-class ViewAveragedClassifier(nn.Module):
-    """The serving graph: a batch of videos' views in, view-averaged class probabilities out.
-
-    Averaging probabilities (not logits) is what PaddleVideo and mmaction2 (``average_clips='prob'``) do;
-    the result sums to one (PaddleVideo's predict tool applies a second softmax on top, we do not).
-    """
-
-    def __init__(self, model: nn.Module, num_views: int) -> None:
-        super().__init__()
-        self.model = model
-        self.num_views = int(num_views)
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        # views: (B, V, 3, T, H, W); V is static in the graph, B is dynamic.
-        flat = views.reshape((-1, *views.shape[2:]))  # (B*V, 3, T, H, W)
-        probs = self.model(flat).softmax(dim=-1)  # (B*V, K)
-        return probs.reshape(-1, self.num_views, probs.shape[-1]).mean(dim=1)  # (B, K)
-
-
-def export_serving_onnx(ckpt: Checkpoint, out: str | Path, *, opset: int = 17, verify: bool = True) -> Path:
-    """Export :class:`ViewAveragedClassifier` of ``ckpt`` to ``out`` (dynamic B) and check it against PyTorch
-    with ONNX Runtime on a batch of 2 videos."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spec = ckpt.preprocess
-    # Plain attention (no SDPA) and no dropout: what the exporters and TensorRT handle best.
-    model = ckpt.build_model(fused_attn=False, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
-    wrapper = ViewAveragedClassifier(model, spec.num_views).eval()
-    example = torch.zeros((2, *spec.output_shape))  # (2, V, 3, T, S, S)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes about static T/H/W are expected
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(out),
-            dynamo=False,
-            input_names=[contract.VIEWS],
-            output_names=[contract.PROBS],
-            dynamic_axes={contract.VIEWS: {0: "batch"}, contract.PROBS: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-    if verify:
-        from triton_models.runtime import ort_cpu_session
-
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn((2, *spec.output_shape), generator=gen)  # (2, V, 3, T, S, S)
-        with torch.no_grad():
-            ref = wrapper(x).numpy()
-        sess = ort_cpu_session(out)  # as the classifier will run it
-        got = sess.run([contract.PROBS], {contract.VIEWS: x.numpy()})[0]
-        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
-        if not diff <= VERIFY_ATOL:
-            raise BuildError(f"{out}: ONNX Runtime probabilities differ from PyTorch by {diff:.3g}")
-    return out
+def _export(ckpt: Checkpoint, out: Path) -> Path:
+    """The serving graph ``VIEWS -> PROBS`` of ``ckpt``, checked against PyTorch in ONNX Runtime."""
+    try:
+        return export_onnx(ckpt, out, graph="serving")
+    except ExportError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def _serialize_dali(spec: Any, path: Path, max_batch_size: int) -> Path:
     try:
-        from training.dali_pipeline import serialize_pipeline
+        from training.preprocessing.dali import serialize_pipeline
     except ImportError as exc:
         raise BuildError(f"the DALI pipeline cannot be serialized: {exc}") from exc
     serialize_pipeline(spec, path, device="mixed", max_batch_size=max_batch_size)
@@ -138,10 +83,10 @@ def build_repository(
         t0 = time.perf_counter()
         generate_configs(tmp, spec, labels, opts)
         if opts.target == "cpu":
-            onnx_path = export_serving_onnx(ckpt, tmp / contract.CLASSIFIER / "1" / contract.ONNX_FILE)
+            onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / "1" / contract.ONNX_FILE)
             log(f"build: serving graph {onnx_path.relative_to(tmp)} (ONNX Runtime matches PyTorch)")
         else:
-            onnx_path = export_serving_onnx(ckpt, tmp / contract.CLASSIFIER / contract.ONNX_FILE)
+            onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / contract.ONNX_FILE)
             dali = _serialize_dali(
                 spec, tmp / contract.PREPROCESS / "1" / contract.DALI_FILE, opts.max_batch_size
             )
@@ -180,7 +125,7 @@ def build_repository(
                 "max_queue_delay_us": opts.max_queue_delay_us,
                 "preferred_batch_sizes": list(opts.preferred_batch_sizes),
             },
-            "limits": vars(opts.limits).copy(),
+            "limits": opts.limits.to_dict(),
             "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if isinstance(v, (str, int, float, bool))},
             "plan_built": plan_built,
         }
@@ -222,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preprocess-instances", type=int, default=2, help="decoding instances")
     p.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher wait (us)")
     p.add_argument("--preferred-batch-size", type=_int_list, default=(), help="e.g. '2 4'")
-    p.add_argument("--max-video-bytes", type=int, default=ServingLimits.max_bytes, help="request size limit")
+    p.add_argument("--max-video-bytes", type=int, default=DecodeLimits.max_bytes, help="request size limit")
     args = p.parse_args(argv)
     try:
         opts = RepositoryOptions(
@@ -233,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             preprocess_instances=args.preprocess_instances,
             max_queue_delay_us=args.max_queue_delay_us,
             preferred_batch_sizes=tuple(args.preferred_batch_size),
-            limits=ServingLimits(max_bytes=args.max_video_bytes),
+            limits=DecodeLimits(max_bytes=args.max_video_bytes),
         )
         build_repository(args.checkpoint, args.out, opts)
     except (CheckpointError, BuildError, ValueError) as exc:

@@ -2,7 +2,7 @@
 
 Configs are built as ``ModelConfig`` protobuf messages (the schema Triton itself parses) and written with
 ``text_format``, so a field name or type mistake fails here, not at server start. Everything shape-related
-comes from the checkpoint's :class:`~training.spec.PreprocessSpec` and class count.
+comes from the checkpoint's :class:`~training.preprocessing.spec.PreprocessSpec` and class count.
 
 Layout (``V`` views, ``T`` frames, ``S`` crop size, ``K`` classes, ``N`` max batch size = videos)::
 
@@ -30,9 +30,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from training.spec import PreprocessSpec
+from training.preprocessing.limits import DecodeLimits
+from training.preprocessing.spec import PreprocessSpec
 from triton_models import contract
-from triton_models.runtime import ServingLimits, write_spec_file
+from triton_models.runtime import write_spec_file
 
 PYTHON_MODEL_SOURCES = Path(__file__).resolve().parents[1] / "triton_models" / "python_models"
 
@@ -50,7 +51,7 @@ class RepositoryOptions:
     # busy, so batches form anyway, and at concurrency 1 the wait is pure latency.
     max_queue_delay_us: int = 1000
     preferred_batch_sizes: tuple[int, ...] = ()
-    limits: ServingLimits = field(default_factory=ServingLimits)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     def __post_init__(self) -> None:
         if self.target not in contract.TARGETS:

@@ -44,9 +44,10 @@ from clients.scoring.ledger import DoneSet, LedgerError, verify_input
 from clients.scoring.outputs import OutputError, ResultSink
 from clients.scoring.retry import Backoff, classify
 from clients.triton import parse_classification
+from training.preprocessing.limits import MAX_VIDEO_BYTES
 from triton_models.contract import ENSEMBLE, PROBS, VIDEO
 
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BYTES = MAX_VIDEO_BYTES
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import Checkpoint, save_checkpoint
-from training.model import TimeSformer, timesformer_tiny
-from training.spec import PreprocessSpec
+from training.modeling.checkpoint import Checkpoint, save_checkpoint
+from training.modeling.model import TimeSformer, timesformer_tiny
+from training.preprocessing.spec import PreprocessSpec
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "timesformer_divided_tiny"
 

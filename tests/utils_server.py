@@ -19,7 +19,7 @@ from utils_model import make_tiny_checkpoint
 
 from build_engines.build import build_repository
 from build_engines.repository import RepositoryOptions
-from training.spec import PreprocessSpec
+from training.preprocessing.spec import PreprocessSpec
 from triton_models.server import TritonServer
 
 TINY_LABELS = ["archery", "bowling", "cartwheel", "dancing", "eating"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from training.spec import PreprocessSpec
+from training.preprocessing.spec import PreprocessSpec
 
 
 class ConfigError(ValueError):
@@ -33,11 +33,11 @@ FREE_FORM = ("model", "data.train_preprocess", "data.val_preprocess", "data.test
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "output_dir": "runs/default",
-    # Factory name in training.model plus its keyword arguments; `pretrained` is a weights file read
+    # Factory name in training.modeling.model plus its keyword arguments; `pretrained` is a weights file read
     # through training.convert (ImageNet ViT image weights are inflated to video).
     "model": {"arch": "pptimesformer_base_8x224", "pretrained": None},
     "data": {
-        # kinetics | ucf101 | synthetic: what the lists hold, for the reader of the recipe; training.data
+        # kinetics | ucf101 | synthetic: what the lists hold, for the reader of the recipe; the data layer
         # reads them all as '<path> [label]' lines (ucf101 paths get data.suffix, e.g. .avi).
         "format": "kinetics",
         "root": "data",
@@ -230,7 +230,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ConfigError(f"swa.last_k_epochs must be a non-negative integer, got {k!r}")
     if not isinstance(cfg["model"], dict) or not isinstance(cfg["model"].get("arch"), str):
-        raise ConfigError("model.arch must name a factory in training.model")
+        raise ConfigError("model.arch must name a factory in training.modeling.model")
     for key in ("train_preprocess", "val_preprocess", "test_preprocess"):
         preprocess_spec(cfg, key)
 
@@ -267,7 +267,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str, o
 def run_cli(work: Callable[[], object]) -> int:
     """Run a config-driven CLI's ``work`` and turn its errors into one ``error:`` line and an exit code:
     2 for an unusable config or checkpoint, 1 for other bad input (lists, videos), 0 on success."""
-    from training.checkpoint import CheckpointError
+    from training.modeling.checkpoint import CheckpointError
 
     try:
         work()
@@ -282,7 +282,7 @@ def run_cli(work: Callable[[], object]) -> int:
 
 def save_config(cfg: dict[str, Any], path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically: temp file + rename)."""
-    from training.checkpoint import atomic_write
+    from training.modeling.checkpoint import atomic_write
 
     # 0644: a private temp file's 0600 would hide the config from other readers of the run.
     with atomic_write(path, "w", permissions=0o644) as f:

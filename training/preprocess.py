@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.spec import CROP_MODES, PADDLE_MEAN, PADDLE_STD, SAMPLING_MODES, PreprocessSpec
+from training.preprocessing.spec import CROP_MODES, PADDLE_MEAN, PADDLE_STD, SAMPLING_MODES, PreprocessSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dali(path: Path, spec: PreprocessSpec) -> tuple[np.ndarray, list[int]]:
-    from training.dali_pipeline import build_pipeline, run_pipeline
-    from training.video import VideoDecodeError, sample_video_indices
+    from training.preprocessing.dali import build_pipeline, run_pipeline
+    from training.preprocessing.decode import VideoDecodeError, sample_video_indices
 
     indices, info = sample_video_indices(path, spec)
     if info.codec not in ("vp8", "vp9", "mjpeg"):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "dali":
             views, indices = _run_dali(path, spec)
         else:
-            from training.video import preprocess_video
+            from training.preprocessing.decode import preprocess_video
 
             rng = np.random.default_rng(args.seed) if args.seed is not None else None
             clip = preprocess_video(path, spec, rng=rng)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from training.modeling.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
 SWA_DIR = "swa_epochs"  # where training keeps the last K epoch checkpoints
 

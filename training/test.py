@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import Checkpoint
 from training.config import ConfigError, add_config_arguments, load_config, run_cli
-from training.data import VideoDataset, VideoEntry, config_entries
-from training.distributed import all_reduce_sum, cleanup_distributed, init_distributed
-from training.engine import load_any_checkpoint, topk_correct
-from training.spec import PreprocessSpec
+from training.data.datasets import VideoDataset, VideoEntry, config_entries
+from training.loop.distributed import all_reduce_sum, cleanup_distributed, init_distributed
+from training.loop.evaluate import topk_correct
+from training.modeling.checkpoint import Checkpoint
+from training.modeling.views import predict_views
+from training.modeling.weights import load_any_checkpoint
+from training.preprocessing.spec import PreprocessSpec
 
 SHORT_KEYS = ("num_frames", "sampling", "crops", "short_side", "reverse_frames", "batch_size", "output_dir")
 
@@ -46,17 +48,6 @@ def resolve_test_spec(ckpt: Checkpoint, test_cfg: dict[str, Any]) -> PreprocessS
         return ckpt.preprocess.replace(**changes)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"test overrides {changes}: {exc}") from exc
-
-
-@torch.no_grad()
-def predict_views(model: torch.nn.Module, views: torch.Tensor) -> torch.Tensor:
-    """(B, V, 3, T, H, W) views -> (B, K) class probabilities: softmax of each view, averaged over views.
-
-    Averaging probabilities (not logits), and applying softmax exactly once, as PaddleVideo's model does;
-    its predict tool's second softmax over the average would flatten the scores."""
-    b, v = views.shape[:2]
-    logits = model(views.flatten(0, 1)).float()  # (B*V, K)
-    return logits.softmax(-1).view(b, v, -1).mean(1)  # (B, K)
 
 
 @torch.no_grad()

@@ -17,13 +17,24 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from training import engine as E
 from training.config import ConfigError, add_config_arguments, load_config, run_cli, save_config
-from training.data import build_datasets, step_rng
-from training.distributed import cleanup_distributed, init_distributed
-from training.losses import distillation_loss
-from training.mixing import VideoMix, smooth_one_hot
-from training.optim import LRSchedule, build_optimizer
+from training.data.datasets import build_datasets, step_rng
+from training.data.mixing import VideoMix, smooth_one_hot
+from training.loop.distributed import (
+    all_reduce_list,
+    cleanup_distributed,
+    init_distributed,
+    make_loaders,
+    maybe_no_sync,
+    wrap_ddp,
+)
+from training.loop.evaluate import evaluate
+from training.loop.logs import plot_curves, write_csv
+from training.loop.losses import distillation_loss
+from training.loop.optim import LRSchedule, build_optimizer
+from training.loop.precision import amp_dtype, autocast
+from training.loop.state import new_run_state, restore_run, save_run_checkpoint, seed_step
+from training.modeling.weights import build_model, load_teacher
 from training.swa import SWA_DIR, prune_swa, write_swa
 
 
@@ -42,23 +53,23 @@ def train(
             f"train.batch_size {tr['batch_size']} x {dist.world_size} processes"
         )
     torch.manual_seed(seed)  # the initial weights: identical on every rank
-    model = E.build_model(cfg["model"], len(labels)).to(dist.device)
+    model = build_model(cfg["model"], len(labels)).to(dist.device)
     optimizer = build_optimizer(model, cfg["optimizer"])
     schedule = LRSchedule(cfg["schedule"], cfg["optimizer"]["lr"], tr["epochs"])
-    dtype = E.amp_dtype(tr["amp"], dist.device)  # None: fp32
+    dtype = amp_dtype(tr["amp"], dist.device)  # None: fp32
     scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
     mixer = VideoMix(**cfg["mix"])
     d_w, d_t = float(cfg["distill"]["weight"]), float(cfg["distill"]["temperature"])
-    teacher = E.load_teacher(cfg["distill"]["teacher"], dist.device) if d_w > 0 else None
-    sampler, train_loader, val_loader = E.make_loaders(cfg, dist, train_set, val_set)
-    st = E.new_run_state()
+    teacher = load_teacher(cfg["distill"]["teacher"], dist.device) if d_w > 0 else None
+    sampler, train_loader, val_loader = make_loaders(cfg, dist, train_set, val_set)
+    st = new_run_state()
     if resume and (out / "last.pt").is_file():
-        st = E.restore_run(out / "last.pt", model, optimizer, scaler)
+        st = restore_run(out / "last.pt", model, optimizer, scaler)
     elif resume and dist.is_main:
         print(f"resume: no {out / 'last.pt'} yet, starting from scratch", file=sys.stderr)
     if dist.is_main:
         save_config(cfg, out / "config.yaml")
-    ddp = E.wrap_ddp(model, dist)
+    ddp = wrap_ddp(model, dist)
     ckpt_kw = dict(optimizer=optimizer, scaler=scaler)
     metrics: dict[str, Any] = {}
     t_start = time.perf_counter()
@@ -74,11 +85,11 @@ def train(
         )
         for i, (x, y) in enumerate(bar):
             micro = st["step_in_epoch"] * accum + i % accum  # this micro-batch's index in the epoch
-            E.seed_step(seed, 1, epoch, micro, dist.rank)  # drop-path masks: a function of the step
+            seed_step(seed, 1, epoch, micro, dist.rank)  # drop-path masks: a function of the step
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device)  # (B, 3, T, H, W), (B,)
             targets = smooth_one_hot(y, len(labels), tr["label_smoothing"])  # (B, K)
             x, targets, _ = mixer(x, targets, step_rng(seed, 3, epoch, micro, dist.rank))
-            with E.maybe_no_sync(ddp, (i + 1) % accum != 0), E.autocast(dist.device, dtype):
+            with maybe_no_sync(ddp, (i + 1) % accum != 0), autocast(dist.device, dtype):
                 logits = ddp(x)  # (B, K)
                 t_logits = teacher(x) if teacher is not None else None  # (B, K); not run when weight is 0
                 loss = distillation_loss(logits, targets, t_logits, d_w, d_t)
@@ -102,10 +113,10 @@ def train(
             every = tr["checkpoint_every_steps"]
             if every and st["step_in_epoch"] % every == 0 and st["step_in_epoch"] < sampler.steps_per_epoch:
                 if dist.is_main:
-                    E.save_run_checkpoint(out / "last.pt", model, cfg, labels, st, {}, **ckpt_kw)
+                    save_run_checkpoint(out / "last.pt", model, cfg, labels, st, {}, **ckpt_kw)
                     print(f"checkpoint: last.pt epoch {epoch} step {st['step_in_epoch']}", flush=True)
 
-        sums = E.all_reduce_list(st["epoch_sums"])
+        sums = all_reduce_list(st["epoch_sums"])
         n = max(sums[2], 1.0)
         metrics = {
             "epoch": epoch + 1,
@@ -116,24 +127,24 @@ def train(
         if tr["eval_every_epochs"] and (
             (epoch + 1) % tr["eval_every_epochs"] == 0 or epoch + 1 == tr["epochs"]
         ):
-            metrics.update(E.evaluate(ddp, val_loader, dist.device, dtype, show=dist.is_main))
+            metrics.update(evaluate(ddp, val_loader, dist.device, dtype, show=dist.is_main))
         metrics["epoch_time_s"] = time.perf_counter() - t0
         st.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0.0, 0.0])
         st["history"].append(metrics)
         if dist.is_main:
             if metrics.get("val_top1", -1.0) > st["best_top1"]:
                 st["best_top1"] = metrics["val_top1"]
-                E.save_run_checkpoint(out / "best.pt", model, cfg, labels, st, metrics)
-            E.save_run_checkpoint(out / "last.pt", model, cfg, labels, st, metrics, **ckpt_kw)
+                save_run_checkpoint(out / "best.pt", model, cfg, labels, st, metrics)
+            save_run_checkpoint(out / "last.pt", model, cfg, labels, st, metrics, **ckpt_kw)
             if cfg["swa"]["last_k_epochs"]:
-                E.save_run_checkpoint(
+                save_run_checkpoint(
                     out / SWA_DIR / f"epoch_{epoch + 1:04d}.pt", model, cfg, labels, st, metrics
                 )
                 prune_swa(out, cfg["swa"]["last_k_epochs"])
-            E.write_csv(st["history"], out / "log.csv")
+            write_csv(st["history"], out / "log.csv")
             pe = tr["plot_every_epochs"]
             if epoch + 1 == tr["epochs"] or (pe and (epoch + 1) % pe == 0):
-                E.plot_curves(st["history"], out / "curves.png", title=str(out))
+                plot_curves(st["history"], out / "curves.png", title=str(out))
             print(
                 " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             )

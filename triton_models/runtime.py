@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.spec import PreprocessSpec
+from training.preprocessing.limits import DecodeLimits
+from training.preprocessing.spec import PreprocessSpec
 from triton_models import contract
 
 
@@ -27,55 +28,30 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
-class ServingLimits:
-    """Per-request bounds enforced by the preprocessing models (Triton 2.51 has no request size flag).
-
-    Mirrors ``training.video.DecodeLimits``; written into the repository by the generator.
-    """
-
-    max_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 4096 * 2160
-    max_decoded_frames: int = 20_000
-    max_packets: int = 1_000_000
-
-    def decode_limits(self) -> Any:
-        from training.video import DecodeLimits
-
-        # One decoder thread: several requests decode in parallel instances, and the cores are few.
-        return DecodeLimits(
-            max_bytes=self.max_bytes,
-            max_pixels=self.max_pixels,
-            max_decoded_frames=self.max_decoded_frames,
-            max_packets=self.max_packets,
-            threads=1,
-        )
-
-
-@dataclass(frozen=True)
 class ModelSettings:
     """What a python-backend model reads at ``initialize``: the spec and limits of its repository."""
 
     spec: PreprocessSpec
-    limits: ServingLimits
+    limits: DecodeLimits
     model_dir: Path
     version_dir: Path
     instances: int
     max_batch_size: int
 
 
-def write_spec_file(model_dir: str | Path, spec: PreprocessSpec, limits: ServingLimits) -> Path:
+def write_spec_file(model_dir: str | Path, spec: PreprocessSpec, limits: DecodeLimits) -> Path:
     """Write ``preprocess.json`` (spec + limits) into a model folder of a generated repository."""
     path = Path(model_dir) / contract.SPEC_FILE
-    path.write_text(json.dumps({"preprocess": spec.to_dict(), "limits": asdict(limits)}, indent=2) + "\n")
+    path.write_text(json.dumps({"preprocess": spec.to_dict(), "limits": limits.to_dict()}, indent=2) + "\n")
     return path
 
 
-def read_spec_file(model_dir: str | Path) -> tuple[PreprocessSpec, ServingLimits]:
+def read_spec_file(model_dir: str | Path) -> tuple[PreprocessSpec, DecodeLimits]:
     """Inverse of :func:`write_spec_file`; a missing or malformed file is a ``ValueError`` naming it."""
     path = Path(model_dir) / contract.SPEC_FILE
     try:
         d = json.loads(path.read_text())
-        return PreprocessSpec.from_dict(d["preprocess"]), ServingLimits(**d.get("limits", {}))
+        return PreprocessSpec.from_dict(d["preprocess"]), DecodeLimits.from_dict(d.get("limits", {}))
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable preprocessing spec ({type(exc).__name__}: {exc})") from exc
 
@@ -91,7 +67,7 @@ def load_model_settings(args: dict[str, str]) -> ModelSettings:
     if spec_file.is_file():
         spec, limits = read_spec_file(model_dir)
     else:  # the classifier needs no spec; keep a default so the dataclass stays total
-        spec, limits = PreprocessSpec(), ServingLimits()
+        spec, limits = PreprocessSpec(), DecodeLimits()
     return ModelSettings(
         spec=spec,
         limits=limits,
@@ -113,7 +89,7 @@ def available_cores() -> int:
 # ---------------------------------------------------------------------------------------------------
 # Request payloads
 # ---------------------------------------------------------------------------------------------------
-def video_payload(array: np.ndarray, limits: ServingLimits) -> bytes:
+def video_payload(array: np.ndarray, limits: DecodeLimits) -> bytes:
     """The encoded file carried by one request's ``VIDEO`` tensor ((1, n) with batching, or (n,))."""
     if array.dtype != np.uint8:
         raise RequestError(f"VIDEO must be uint8 bytes, got {array.dtype}")
@@ -128,23 +104,23 @@ def video_payload(array: np.ndarray, limits: ServingLimits) -> bytes:
     return array.tobytes()
 
 
-def preprocess_payload(array: np.ndarray, spec: PreprocessSpec, limits: ServingLimits) -> np.ndarray:
+def preprocess_payload(array: np.ndarray, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:
     """cpu target's ``preprocess`` model: encoded bytes -> views ``(V, 3, T, H, W)`` float32 with the
     reference implementation (PyAV decode of only the sampled frames, then resize/crop/normalise)."""
-    from training.video import preprocess_video
+    from training.preprocessing.decode import preprocess_video
 
     data = video_payload(array, limits)
-    clip = preprocess_video(data, spec, limits=limits.decode_limits())
+    clip = preprocess_video(data, spec, limits=limits.for_serving())
     return np.ascontiguousarray(clip.views, dtype=np.float32)  # (V, 3, T, H, W)
 
 
-def frame_indices_payload(array: np.ndarray, spec: PreprocessSpec, limits: ServingLimits) -> np.ndarray:
+def frame_indices_payload(array: np.ndarray, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:
     """gpu target's ``frame_indices`` model: probe the container (demux only, nothing decoded) and pick
     the frames DALI will decode, with the sampling shared by every implementation. Returns int32 (T,)."""
-    from training.video import sample_video_indices
+    from training.preprocessing.decode import sample_video_indices
 
     data = video_payload(array, limits)
-    indices, _ = sample_video_indices(data, spec, limits=limits.decode_limits())
+    indices, _ = sample_video_indices(data, spec, limits=limits.for_serving())
     return np.ascontiguousarray(indices, dtype=np.int32)  # (T,)
 
 

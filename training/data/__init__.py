@@ -1,0 +1,1 @@
+"""Data for training and evaluation: file and label lists, the seeded video datasets, and VideoMix."""

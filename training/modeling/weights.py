@@ -1,0 +1,290 @@
+"""One way to load any weights.
+
+:func:`import_checkpoint` turns a published checkpoint (official ``.pyth``, PaddleVideo ``.pdparams``,
+mmaction2, ImageNet ViT image weights) into a native :class:`Checkpoint`; :func:`load_any_checkpoint` takes a
+native checkpoint or any of those; :func:`load_pretrained` initialises a model from any of them (image
+weights inflated); :func:`build_model` makes a configured model (factory + pretrained + from-scratch inits).
+The format readers themselves live in :mod:`training.modeling.formats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.modeling.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.modeling.formats import (
+    FORMATS,
+    ConvertError,
+    build_and_load,
+    conv_filter,
+    detect_format,
+    image_model_config,
+    infer_model_config,
+    inflate_image_weights,
+    mmaction_to_native,
+    official_to_native,
+    paddle_to_native,
+    read_checkpoint_file,
+    read_label_file,
+    resize_time_embed_for,
+    unwrap_state_dict,
+)
+from training.modeling.model import TimeSformer
+from training.preprocessing.spec import (
+    PADDLE_MEAN,
+    PADDLE_STD,
+    TIMESFORMER_MEAN,
+    TIMESFORMER_STD,
+    PreprocessSpec,
+)
+
+_TO_NATIVE = {"official": official_to_native, "paddle": paddle_to_native, "mmaction": mmaction_to_native}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def import_checkpoint(
+    src: str | Path,
+    *,
+    fmt: str = "auto",
+    num_heads: int = 12,
+    num_frames: int | None = None,
+    ln_eps: float = 1e-6,
+    labels: str | Path | Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    num_classes: int | None = None,
+    attention_type: str = "divided_space_time",
+    img_size: int | None = None,
+    seed: int = 0,
+) -> Checkpoint:
+    """Read ``src`` (any supported format) and return the equivalent native :class:`Checkpoint`.
+
+    ``num_frames`` sets the frame count of weights that carry none (space_only, image weights) and otherwise
+    resizes ``time_embed`` with the official nearest rule. ``num_classes`` different from the weights' (or
+    weights without a head) gives a fresh, seeded head. ``attention_type`` and ``img_size`` apply to
+    ``vit-image`` only. Raises :class:`ConvertError` for every unusable input.
+    """
+    src = Path(src)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConvertError(f"unknown format {fmt!r}; choose auto or one of {FORMATS}")
+    if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1):
+        raise ConvertError(f"num_frames must be a positive integer, got {num_frames!r}")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ConvertError(f"num_classes must be a positive integer, got {num_classes!r}")
+    raw, container = unwrap_state_dict(read_checkpoint_file(src), str(src))
+    fmt = detect_format(raw, container) if fmt == "auto" else fmt
+    notes: list[str] = []
+
+    torch.manual_seed(seed)  # fresh tensors (new head, image-weight model init) are reproducible
+    if fmt == "vit-image":
+        cfg = image_model_config(
+            raw,
+            num_heads=num_heads,
+            num_frames=num_frames or 8,
+            num_classes=num_classes,
+            attention_type=attention_type,
+            ln_eps=ln_eps,
+            img_size=img_size,
+        )
+        model = TimeSformer(**cfg)
+        report = inflate_image_weights(raw, model)
+        notes.append(f"image weights inflated: {report.summary()}")
+        if report.fresh:
+            notes.append(f"fresh head ({cfg['num_classes']} classes)")
+    else:
+        try:
+            native = conv_filter(_TO_NATIVE[fmt](raw))
+        except ConvertError as exc:
+            raise ConvertError(f"{src}: {exc}") from exc
+        cfg = infer_model_config(native, num_heads=num_heads, num_frames=num_frames, ln_eps=ln_eps)
+        if num_frames is not None and "time_embed" in native and num_frames != cfg["num_frames"]:
+            notes.append(f"time_embed resized {cfg['num_frames']} -> {num_frames} frames (nearest)")
+            native = resize_time_embed_for(native, num_frames)
+            cfg["num_frames"] = num_frames
+        if num_classes is not None and num_classes != cfg["num_classes"] or cfg["num_classes"] == 0:
+            if num_classes is None:
+                raise ConvertError(f"{src}: head.weight missing (backbone-only weights); pass --num-classes")
+            notes.append(f"head replaced: {cfg['num_classes']} -> {num_classes} classes (fresh init)")
+            native = {k: v for k, v in native.items() if not k.startswith("head.")}
+            cfg["num_classes"] = num_classes
+            fresh_head = TimeSformer(**{**cfg, "depth": 1}).head.state_dict()
+            native.update({f"head.{k}": v for k, v in fresh_head.items()})
+        model = build_and_load(cfg, native)
+
+    default_mean, default_std = (
+        (PADDLE_MEAN, PADDLE_STD) if fmt == "paddle" else (TIMESFORMER_MEAN, TIMESFORMER_STD)
+    )
+    try:
+        spec = PreprocessSpec(
+            num_frames=cfg["num_frames"],
+            sampling="paddle" if fmt == "paddle" else "uniform",
+            short_side=cfg["img_size"],
+            crop_size=cfg["img_size"],
+            crops="three",
+            mean=tuple(mean) if mean is not None else default_mean,
+            std=tuple(std) if std is not None else default_std,
+        )
+    except ValueError as exc:
+        raise ConvertError(f"bad preprocessing flags: {exc}") from exc
+
+    names: list[str] | None = None
+    if labels is not None:
+        names = read_label_file(labels) if isinstance(labels, (str, Path)) else [str(x) for x in labels]
+        if len(names) != cfg["num_classes"]:
+            raise ConvertError(f"{len(names)} labels for {cfg['num_classes']} classes in the weights")
+
+    meta: dict[str, Any] = {
+        "source": str(src),
+        "source_format": fmt,
+        "source_container": container,
+        "source_sha256": _sha256(src),
+        "converted_by": "training.convert",
+        "notes": notes,
+    }
+    return Checkpoint(
+        model_config=model.model_config,
+        preprocess=spec,
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        labels=names,
+        meta=meta,
+    )
+
+
+def load_any_checkpoint(path: str | Path) -> Checkpoint:
+    """A native checkpoint, or one in another format (official .pyth, PaddleVideo .pdparams, mmaction2)
+    imported through ``training.convert.import_checkpoint``."""
+    path = Path(path)
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as native_error:
+        if not path.is_file():
+            raise
+
+        try:
+            return import_checkpoint(path)
+        except (ValueError, OSError) as exc:
+            raise CheckpointError(
+                f"{path}: neither a native checkpoint nor an importable one ({exc})"
+            ) from native_error
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> None:
+    """Initialise ``model`` in place from weights in any importable format.
+
+    ImageNet ViT image weights are inflated as the official ``load_pretrained`` does (temporal attention
+    copied from spatial, ``temporal_fc`` and ``time_embed`` zero, ``pos_embed`` resized when the grid
+    differs); video weights load by name with ``time_embed`` resized to the model's frame count. A head of
+    another class count is left at its fresh init (fine-tuning); any other mismatch is an error.
+    """
+    from training.modeling.formats import (
+        detect_format,
+        inflate_image_weights,
+        read_checkpoint_file,
+        unwrap_state_dict,
+    )
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.pretrained: {path}: no such file")
+    try:
+        native = load_checkpoint(path).state_dict
+    except CheckpointError:
+        raw, container = unwrap_state_dict(read_checkpoint_file(path), str(path))
+        if detect_format(raw, container) == "vit-image":
+            report = inflate_image_weights(raw, model)
+            print(f"pretrained: {path}: {report.summary()}", flush=True)
+            return
+        native = load_any_checkpoint(path).state_dict
+    from training.modeling.formats import resize_time_embed_for
+
+    own = model.state_dict()
+    if "time_embed" in native and "time_embed" in own:
+        native = resize_time_embed_for(dict(native), own["time_embed"].shape[1])
+    keep = {k: v for k, v in native.items() if not (k.startswith("head.") and v.shape != own[k].shape)}
+    bad = [k for k, v in keep.items() if k not in own or v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: pretrained weights do not fit the model: {bad[:5]}")
+    missing, _ = model.load_state_dict(keep, strict=False)
+    lacking = [k for k in missing if not k.startswith("head.")]
+    if lacking:
+        raise CheckpointError(f"{path}: pretrained weights lack {lacking[:5]}")
+
+
+INIT_KEYS = ("time_embed_init", "time_embed_init_std", "time_embed_init_scale", "pos_embed_init_scale")
+
+
+def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """``model.<arch>(num_classes=..., **kwargs)`` from the ``model`` config section, then the
+    ``pretrained`` weights (any format training.convert imports; ImageNet ViT image weights are inflated),
+    then the optional from-scratch inits: ``time_embed_init`` ``normal`` (truncated normal of std
+    ``time_embed_init_std``) or ``sincos`` (sinusoids of amplitude ``time_embed_init_scale``), and
+    ``pos_embed_init_scale`` (2-D sinusoids of that amplitude over the patch grid)."""
+    from training.modeling import model as model_lib
+
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", *INIT_KEYS)}
+    kwargs["num_classes"] = num_classes
+    factory = getattr(model_lib, model_cfg["arch"], None)
+    if not callable(factory) or model_cfg["arch"].startswith("_"):
+        raise ValueError(f"model.arch {model_cfg['arch']!r} is not a factory in training.modeling.model")
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"model section does not fit {model_cfg['arch']}: {exc}") from exc
+    if model_cfg.get("pretrained"):
+        load_pretrained(model, model_cfg["pretrained"])
+    std = model_cfg.get("time_embed_init_std")
+    kind = model_cfg.get("time_embed_init", "normal")
+    if kind not in ("normal", "sincos"):
+        raise ValueError(f"model.time_embed_init must be normal or sincos, got {kind!r}")
+    with torch.no_grad():
+        if hasattr(model, "time_embed") and kind == "sincos":
+            # Smooth, ordered codes of frame position: from scratch, direction of motion is learnt only
+            # when the time code is strong next to the patch features (a weak random one leaves the
+            # model reading the axis of motion but not its direction).
+            t, c = model.time_embed.shape[1:]
+            model.time_embed.copy_(float(model_cfg.get("time_embed_init_scale", 1.0)) * sincos_1d(t, c)[None])
+        elif std and hasattr(model, "time_embed"):
+            # The official init leaves time_embed at zero; with it the network is exactly invariant to
+            # reversing time, so from scratch the gradient towards direction of motion starts at zero.
+            nn.init.trunc_normal_(model.time_embed, std=float(std), a=-2 * float(std), b=2 * float(std))
+        scale = model_cfg.get("pos_embed_init_scale")
+        if scale and hasattr(model, "pos_embed"):
+            g = model.patch_embed.grid_size
+            c = model.pos_embed.shape[-1]
+            ys, xs = sincos_1d(g, c // 2), sincos_1d(g, c - c // 2)  # (g, c/2) each
+            grid = torch.cat([ys[:, None].expand(g, g, -1), xs[None].expand(g, g, -1)], dim=-1)  # (g, g, c)
+            model.pos_embed[0, 1:].copy_(float(scale) * grid.reshape(g * g, c))  # the cls slot keeps its init
+    return model
+
+
+def sincos_1d(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) sinusoids of positions 0..n-1 with angular frequencies from pi down to pi/n (geometric),
+    so that every channel varies over a range this short -- the 10000-based ViT code barely changes
+    over 8 frames."""
+    half = dim // 2
+    omega = math.pi * (1.0 / n) ** (torch.arange(half, dtype=torch.float32) / max(half - 1, 1))  # (half,)
+    angle = torch.arange(n, dtype=torch.float32)[:, None] * omega  # (n, half)
+    out = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)  # (n, 2*half)
+    return torch.cat([out, torch.zeros(n, dim - 2 * half)], dim=1)  # (n, dim)
+
+
+def load_teacher(path: str | Path, device: torch.device) -> nn.Module:
+    """A frozen teacher in eval mode from any importable checkpoint."""
+    teacher = load_any_checkpoint(path).build_model().to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
