@@ -331,10 +331,8 @@ def _stage_table(sw: SweepResult, ensemble: str) -> list[str]:
     )
 
 
-def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str:
-    """The whole report as Markdown text."""
-    ensemble = results["ensemble"]
-    r = ratios(results)
+def _header_section(results: Mapping[str, Any]) -> list[str]:
+    """Title, run kind, checkpoint, model, preprocessing and server."""
     lines = [
         f"# Benchmark: {results.get('model', '?')} model through Triton ({results.get('created', '')})",
         "",
@@ -359,6 +357,13 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         "## Headline",
         "",
     ]
+    return lines
+
+
+def _headline_section(results: Mapping[str, Any]) -> list[str]:
+    """Best throughput, targets, the bottleneck and the run's notes."""
+    r = ratios(results)
+    lines: list[str] = []
     if r:
         lines += [
             f"Best ensemble throughput **{_fmt(r.get('ensemble_best_videos_per_s'), 2)} videos/s** at "
@@ -376,6 +381,13 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
     if results.get("notes"):
         lines.append("")
 
+    return lines
+
+
+def _triton_section(results: Mapping[str, Any]) -> list[str]:
+    """perf_analyzer tables per model and the ensemble's stage breakdown."""
+    ensemble = results["ensemble"]
+    lines: list[str] = []
     lines += ["## Triton (perf_analyzer)", ""]
     settings = results.get("perf_settings", {})
     if settings:
@@ -408,6 +420,12 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         lines += _stage_table(SweepResult.from_dict(ens), ensemble)
         lines.append("")
 
+    return lines
+
+
+def _baselines_section(results: Mapping[str, Any]) -> list[str]:
+    """The in-process and naive baselines, per-video latencies and the agreement check."""
+    lines: list[str] = []
     base = results.get("baselines", {})
     if base:
         lines += [
@@ -455,6 +473,12 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
             "",
         ]
 
+    return lines
+
+
+def _videos_section(results: Mapping[str, Any]) -> list[str]:
+    """The input videos."""
+    lines: list[str] = []
     videos = results.get("videos", [])
     if videos:
         lines += ["## Input videos", ""]
@@ -475,6 +499,13 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         )
         lines.append("")
 
+    return lines
+
+
+def _soak_section(results: Mapping[str, Any]) -> list[str]:
+    """The soak: errors, throughput and server RSS over time."""
+    ensemble = results["ensemble"]
+    lines: list[str] = []
     soak = results.get("soak")
     if soak:
         growth = soak.get("rss_growth_mb")
@@ -494,17 +525,31 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
         if soak.get("error_messages"):
             lines += ["Errors seen: " + "; ".join(soak["error_messages"][:5]), ""]
 
-    if plots:
-        lines += ["## Plots", ""]
-        for title, file in plots.items():
-            lines += [f"![{title}]({file})", ""]
+    return lines
 
+
+def _machine_section(results: Mapping[str, Any]) -> list[str]:
+    """Machine and versions."""
+    lines: list[str] = []
     machine = results.get("machine", {})
     versions = results.get("versions", {})
     if machine or versions:
         lines += ["## Machine and versions", ""]
         lines += _table(["", ""], [*machine.items(), *versions.items()])
         lines.append("")
+    return lines
+
+
+def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str:
+    """The whole report as Markdown text, section by section."""
+    lines = _header_section(results) + _headline_section(results) + _triton_section(results)
+    lines += _baselines_section(results) + _videos_section(results) + _soak_section(results)
+    if plots:
+        lines += ["## Plots", ""]
+        for title, file in plots.items():
+            lines += [f"![{title}]({file})", ""]
+
+    lines += _machine_section(results)
     return "\n".join(lines)
 
 

@@ -215,7 +215,7 @@ def ensemble_inputs(
 
 def server_probs(url: str, protocol: str, videos: Sequence[BenchVideo]) -> dict[str, np.ndarray]:
     """The ensemble's answer for each video, through the shared client (what users call)."""
-    from clients.triton import infer_probs, make_client
+    from clients.core import infer_probs, make_client
 
     client = make_client(url, protocol)
     try:
@@ -269,7 +269,7 @@ def soak(
 ) -> dict[str, Any]:
     """Send the videos in a loop from ``concurrency`` client threads for ``minutes``; count errors and
     sample the server's RSS every ``sample_every_s`` seconds. Returns the soak's summary for the report."""
-    from clients.triton import infer_probs, make_client
+    from clients.core import infer_probs, make_client
 
     if minutes <= 0:
         raise ValueError(f"soak minutes must be > 0, got {minutes}")
@@ -482,16 +482,12 @@ def serving(args: argparse.Namespace, repository: Path | None, log_file: Path) -
         server.stop()
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Everything the CLI does; returns the run folder."""
-    from triton_models import contract
+# Phases of a run, each callable alone: plan -> model -> videos -> (server) inputs, baselines, sweeps, soak
+# -> report. ``results`` is the run's record; every phase adds its part.
 
-    t_all = time.perf_counter()
-    out = Path(args.out) if args.out else RESULTS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    raw = out / "raw"
-    work = out / "work"  # checkpoint, repository, input data (large; ignored with the folder)
-    work.mkdir(exist_ok=True)
+
+def make_plan(args: argparse.Namespace) -> tuple[dict[str, Any], perf.PerfSettings]:
+    """The sweep plan for ``--model``/``--quick`` with the command line's overrides applied."""
     plan = plan_for(args.model, args.quick)
     settings: perf.PerfSettings = plan["settings"]
     if args.max_concurrency:
@@ -504,17 +500,13 @@ def run(args: argparse.Namespace) -> Path:
         settings = replace(settings, request_count=args.request_count)
     if args.repeats:
         plan["repeats"] = args.repeats
-    perf.perf_analyzer_version()  # fail early (missing libb64-0d / libcudart) before minutes of set-up
-    results: dict[str, Any] = {
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "quick": bool(args.quick),
-        "model": args.model,
-        "ensemble": contract.ENSEMBLE,
-        "perf_settings": {k: v for k, v in asdict(settings).items() if k != "timeout_s"},
-        "sweeps": {},
-        "notes": [],
-        "input_data": {},
-    }
+    return plan, settings
+
+
+def prepare_model(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> tuple[Path | None, Any]:
+    """The repository to serve and the checkpoint behind it: built here from ``--model``/``--checkpoint``,
+    or, for an external server, whatever ``--repository``/``--checkpoint`` name (either may be None)."""
+    from training.modeling.checkpoint import load_checkpoint
 
     repository: Path | None = None
     ckpt = None
@@ -524,14 +516,10 @@ def run(args: argparse.Namespace) -> Path:
         else:
             results["notes"].append("external server without --repository: baselines skipped")
         if args.checkpoint:
-            from training.modeling.checkpoint import load_checkpoint
-
             ckpt = load_checkpoint(args.checkpoint)
             results["checkpoint"] = args.checkpoint
     else:
         ckpt_path, source = bench_checkpoint(args.model, work, args.checkpoint)
-        from training.modeling.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(ckpt_path)
         repository = work / "model_repository"
         options = {
@@ -552,109 +540,128 @@ def run(args: argparse.Namespace) -> Path:
         results["model_config"] = dict(ckpt.model_config)
         results["spec"] = ckpt.preprocess.to_dict()
         results["views_per_video"] = ckpt.preprocess.num_views
+    return repository, ckpt
 
+
+def prepare_videos(args: argparse.Namespace, work: Path, plan: Mapping[str, Any]) -> list[BenchVideo]:
+    """``--videos`` as given, or the generated bench set (the plan's subset of it)."""
     if args.videos:
         missing = [v for v in args.videos if not Path(v).is_file()]
         if missing:
             raise BenchError(f"--videos: no such file(s): {missing}")
-        videos = [probe(v, "given") for v in args.videos]
-    else:
-        videos = make_bench_videos(work / "videos", quick=args.quick)
-        if plan.get("video_subset"):
-            videos = [v for v in videos if v.name.startswith(plan["video_subset"])]
-    save_manifest(videos, out / "videos.json")
-    results["videos"] = [asdict(v) for v in videos]
+        return [probe(v, "given") for v in args.videos]
+    videos = make_bench_videos(work / "videos", quick=args.quick)
+    if plan.get("video_subset"):
+        videos = [v for v in videos if v.name.startswith(plan["video_subset"])]
+    return videos
 
-    with serving(args, repository, out / "tritonserver.log") as srv:
-        results["server"] = srv["note"]
-        results["machine"] = machine_info()
-        results["versions"] = versions(srv["http_url"])
-        http_url = srv["http_url"]
-        settings = perf.PerfSettings(**{**asdict(settings), "protocol": srv["protocol"]})
 
-        # Inputs for every model, from the server's own steps on the bench videos.
-        samples, walk_probs, composing = ensemble_inputs(
-            http_url, contract.ENSEMBLE, videos, plan["max_input_samples"]
+def prepare_inputs(
+    http_url: str, videos: Sequence[BenchVideo], plan: Mapping[str, Any], work: Path, results: dict[str, Any]
+) -> tuple[dict[str, Path], list[str], dict[str, np.ndarray]]:
+    """perf_analyzer input data for the ensemble and each composing model, made by the server's own steps
+    on the bench videos. Returns (data file per model, composing models, PROBS of that walk per video)."""
+    from triton_models import contract
+
+    samples, walk_probs, composing = ensemble_inputs(
+        http_url, contract.ENSEMBLE, videos, plan["max_input_samples"]
+    )
+    data_files = {}
+    for name, s in samples.items():
+        data_files[name] = perf.write_input_data(work / f"input_{name}.json", s)
+        shapes = sorted({tuple(int(d) for d in a.shape) for sample in s for a in sample.values()})
+        tensors = ", ".join(sorted({k for sample in s for k in sample}))
+        results["input_data"][name] = f"{len(s)} samples of {tensors}, shapes {shapes[:4]}" + (
+            " ..." if len(shapes) > 4 else ""
         )
-        data_files = {}
-        for name, s in samples.items():
-            data_files[name] = perf.write_input_data(work / f"input_{name}.json", s)
-            shapes = sorted({tuple(int(d) for d in a.shape) for sample in s for a in sample.values()})
-            tensors = ", ".join(sorted({k for sample in s for k in sample}))
-            results["input_data"][name] = f"{len(s)} samples of {tensors}, shapes {shapes[:4]}" + (
-                " ..." if len(shapes) > 4 else ""
+    return data_files, composing, walk_probs
+
+
+def run_sweeps(
+    srv: Mapping[str, Any],
+    models: Sequence[str],
+    plan: Mapping[str, Any],
+    settings: perf.PerfSettings,
+    data_files: Mapping[str, Path],
+    raw: Path,
+    results: dict[str, Any],
+) -> None:
+    """perf_analyzer over the plan's concurrency levels for each model (the ensemble first)."""
+    from triton_models import contract
+
+    levels = {
+        m: plan["ensemble_levels"] if m == contract.ENSEMBLE else plan["composing_levels"] for m in models
+    }
+    with tqdm(total=sum(len(v) for v in levels.values()), desc="perf_analyzer", unit="level") as bar:
+        for m in models:
+            sw = perf.sweep(
+                m,
+                url=srv["url"],
+                http_url=srv["http_url"],
+                input_data=data_files[m],
+                concurrencies=levels[m],
+                settings=settings,
+                out_dir=raw,
+                metrics_url=srv["metrics_url"],
+                progress=bar,
             )
-        probs_srv = server_probs(srv["url"], srv["protocol"], videos)
-
-        # Baselines, while the server idles. The in-process one runs before and after the sweeps and
-        # the faster pass counts: on shared cores the background load drifts, and taking the baselines'
-        # best makes every ratio conservative for Triton.
-        baselines: dict[str, Any] = {}
-        agreement: dict[str, float] = {}
-        if repository is not None and not args.no_baselines:
-            from benchmarks import baselines as bl
-
-            ip_first, ip_probs = bl.run_in_process(videos, repository, repeats=plan["repeats"])
-            nv_first = bl.run_naive(videos, ckpt, repeats=plan["repeats"])[0] if ckpt is not None else None
-            agreement["server vs in-process"] = bl.max_abs_diff(probs_srv, ip_probs)
-            agreement["ensemble steps vs in-process"] = bl.max_abs_diff(walk_probs, ip_probs)
-
-        models = [contract.ENSEMBLE] + ([] if args.ensemble_only else composing)
-        levels = {
-            m: plan["ensemble_levels"] if m == contract.ENSEMBLE else plan["composing_levels"] for m in models
-        }
-        with tqdm(total=sum(len(v) for v in levels.values()), desc="perf_analyzer", unit="level") as bar:
-            for m in models:
-                sw = perf.sweep(
-                    m,
-                    url=srv["url"],
-                    http_url=http_url,
-                    input_data=data_files[m],
-                    concurrencies=levels[m],
-                    settings=settings,
-                    out_dir=raw,
-                    metrics_url=srv["metrics_url"],
-                    progress=bar,
+            results["sweeps"][m] = sw.to_dict()
+            unstable = [lv.row.concurrency for lv in sw.levels if not lv.stable]
+            if unstable:
+                results["notes"].append(
+                    f"`{m}` at concurrency {unstable}: perf_analyzer's windows never agreed within "
+                    f"{settings.stability_pct:g}% (shared cores); the last windows were taken"
                 )
-                results["sweeps"][m] = sw.to_dict()
-                unstable = [lv.row.concurrency for lv in sw.levels if not lv.stable]
-                if unstable:
-                    results["notes"].append(
-                        f"`{m}` at concurrency {unstable}: perf_analyzer's windows never agreed within "
-                        f"{settings.stability_pct:g}% (shared cores); the last windows were taken"
-                    )
 
-        if repository is not None and not args.no_baselines:
-            ip_second, _ = bl.run_in_process(videos, repository, repeats=plan["repeats"])
-            baselines["in-process"] = best_pass(ip_first, ip_second)
-            if ckpt is not None and nv_first is not None:
-                nv_second, nv_probs = bl.run_naive(videos, ckpt, repeats=plan["repeats"])
-                baselines["naive"] = best_pass(nv_first, nv_second)
-                agreement["naive vs in-process"] = bl.max_abs_diff(nv_probs, ip_probs)
-        results["baselines"] = baselines
-        results["agreement"] = agreement
 
-        if args.soak:
-            pid = srv["pid"]
-            if pid is None:
-                results["notes"].append("soak: server pid unknown (use --server-pid): RSS not sampled")
-            results["soak"] = soak(
-                srv["url"],
-                srv["protocol"],
-                videos,
-                minutes=args.soak,
-                concurrency=args.soak_concurrency,
-                server_pid=pid,
-            )
+class Baselines:
+    """The in-process and naive baselines on the same videos and weights, run once before and once after
+    the sweeps (while the server idles): on shared cores the background load drifts, and taking each
+    baseline's faster pass makes every ratio conservative for Triton."""
 
-    results["wall_s"] = time.perf_counter() - t_all
+    def __init__(self, videos: Sequence[BenchVideo], repository: Path, ckpt: Any, repeats: int) -> None:
+        self.videos, self.repository, self.ckpt, self.repeats = videos, repository, ckpt, repeats
+        self.first: dict[str, Any] = {}
+        self.ip_probs: dict[str, np.ndarray] = {}
+
+    def before(
+        self, probs_srv: Mapping[str, np.ndarray], walk_probs: Mapping[str, np.ndarray]
+    ) -> dict[str, float]:
+        """First pass of each; returns the agreement of the server's answers with the in-process ones."""
+        from benchmarks import baselines as bl
+
+        self.first["in-process"], self.ip_probs = bl.run_in_process(
+            self.videos, self.repository, repeats=self.repeats
+        )
+        if self.ckpt is not None:
+            self.first["naive"] = bl.run_naive(self.videos, self.ckpt, repeats=self.repeats)[0]
+        return {
+            "server vs in-process": bl.max_abs_diff(probs_srv, self.ip_probs),
+            "ensemble steps vs in-process": bl.max_abs_diff(walk_probs, self.ip_probs),
+        }
+
+    def after(self, agreement: dict[str, float]) -> dict[str, Any]:
+        """Second pass of each; returns the faster pass per baseline (and adds naive's agreement)."""
+        from benchmarks import baselines as bl
+
+        second, _ = bl.run_in_process(self.videos, self.repository, repeats=self.repeats)
+        out = {"in-process": best_pass(self.first["in-process"], second)}
+        if "naive" in self.first:
+            nv_second, nv_probs = bl.run_naive(self.videos, self.ckpt, repeats=self.repeats)
+            out["naive"] = best_pass(self.first["naive"], nv_second)
+            agreement["naive vs in-process"] = bl.max_abs_diff(nv_probs, self.ip_probs)
+        return out
+
+
+def write_results(results: dict[str, Any], out: Path, model: str) -> Path:
+    """``results.json``, the report and its plots; prints the one-line summary. Returns the report."""
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     from benchmarks.report import ratios, write_report
 
     report = write_report(results, out)
     r = ratios(results)
     summary = (
-        f"bench {args.model}: best {r.get('ensemble_best_videos_per_s', float('nan')):.2f} videos/s "
+        f"bench {model}: best {r.get('ensemble_best_videos_per_s', float('nan')):.2f} videos/s "
         f"(c={int(r.get('ensemble_best_concurrency', 0))}), "
         f"x{r.get('vs_in_process', float('nan')):.2f} in-process, "
         f"x{r.get('vs_naive', float('nan')):.2f} naive, "
@@ -664,6 +671,65 @@ def run(args: argparse.Namespace) -> Path:
         s = results["soak"]
         summary += f"; soak {s['errors']} errors, RSS {s.get('rss_growth_mb', float('nan')):+.1f} MB"
     print(f"{summary}; {results['wall_s']:.0f}s -> {report}")
+    return report
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Everything the CLI does, phase by phase; returns the run folder."""
+    from triton_models import contract
+
+    t_all = time.perf_counter()
+    out = Path(args.out) if args.out else RESULTS_DIR / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"  # checkpoint, repository, input data (large; ignored with the folder)
+    work.mkdir(exist_ok=True)
+    plan, settings = make_plan(args)
+    perf.perf_analyzer_version()  # fail early (missing libb64-0d / libcudart) before minutes of set-up
+    results: dict[str, Any] = {
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "quick": bool(args.quick),
+        "model": args.model,
+        "ensemble": contract.ENSEMBLE,
+        "perf_settings": {k: v for k, v in asdict(settings).items() if k != "timeout_s"},
+        "sweeps": {},
+        "notes": [],
+        "input_data": {},
+    }
+    repository, ckpt = prepare_model(args, work, results)
+    videos = prepare_videos(args, work, plan)
+    save_manifest(videos, out / "videos.json")
+    results["videos"] = [asdict(v) for v in videos]
+
+    with serving(args, repository, out / "tritonserver.log") as srv:
+        results["server"] = srv["note"]
+        results["machine"] = machine_info()
+        results["versions"] = versions(srv["http_url"])
+        settings = perf.PerfSettings(**{**asdict(settings), "protocol": srv["protocol"]})
+        data_files, composing, walk_probs = prepare_inputs(srv["http_url"], videos, plan, work, results)
+        probs_srv = server_probs(srv["url"], srv["protocol"], videos)
+        baselines = None
+        agreement: dict[str, float] = {}
+        if repository is not None and not args.no_baselines:
+            baselines = Baselines(videos, repository, ckpt, plan["repeats"])
+            agreement = baselines.before(probs_srv, walk_probs)
+        models = [contract.ENSEMBLE] + ([] if args.ensemble_only else composing)
+        run_sweeps(srv, models, plan, settings, data_files, out / "raw", results)
+        results["baselines"] = baselines.after(agreement) if baselines is not None else {}
+        results["agreement"] = agreement
+        if args.soak:
+            if srv["pid"] is None:
+                results["notes"].append("soak: server pid unknown (use --server-pid): RSS not sampled")
+            results["soak"] = soak(
+                srv["url"],
+                srv["protocol"],
+                videos,
+                minutes=args.soak,
+                concurrency=args.soak_concurrency,
+                server_pid=srv["pid"],
+            )
+
+    results["wall_s"] = time.perf_counter() - t_all
+    write_results(results, out, args.model)
     return out
 
 

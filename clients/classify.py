@@ -23,17 +23,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from clients.triton import (
+from clients.core import (
+    DEFAULT_PORTS,
     PROTOCOLS,
     ClientError,
     Prediction,
-    classify,
     make_client,
     predictions_to_dict,
     read_video_bytes,
+    request_top_k,
 )
-
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
 
 @dataclass
@@ -77,7 +76,7 @@ def classify_files(
     def one(path: str) -> FileResult:
         t0 = time.perf_counter()
         try:
-            preds = classify(client(), read_video_bytes(path), top_k=top_k)
+            preds = request_top_k(client(), read_video_bytes(path), top_k=top_k)
             return FileResult(path, preds, seconds=time.perf_counter() - t0)
         except ClientError as exc:
             return FileResult(path, error=str(exc), seconds=time.perf_counter() - t0)

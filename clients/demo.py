@@ -20,22 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from clients.classify import classify_files
+from training.data.lists import read_file_list
 from triton_models.server import DEFAULT_STATE_DIR, read_state
 
 
 def read_list(path: Path) -> list[tuple[Path, int]]:
-    """``relative/path label`` lines (Kinetics style) -> (absolute path, label id)."""
-    items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        rel, _, label = line.strip().rpartition(" ")
-        if not rel or not label.lstrip("-").isdigit():
-            raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
-        items.append((path.parent / rel, int(label)))
-    if not items:
-        raise ValueError(f"{path}: no videos listed")
-    return items
+    """A labelled file list (``relative/path label`` lines) -> (absolute path, label id)."""
+    return [(path.parent / e.path, e.label) for e in read_file_list(path)]
 
 
 def main(argv: list[str] | None = None) -> int:

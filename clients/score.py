@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from clients.core import PROTOCOLS, client_module, parse_classification, video_request
 from clients.scoring.endpoints import (
     BALANCE_POLICIES,
-    PROTOCOLS,
     AllEndpointsDown,
     Endpoint,
     EndpointPool,
@@ -42,8 +42,7 @@ from clients.scoring.endpoints import (
 from clients.scoring.inputs import InputError, InputItem, InputSource
 from clients.scoring.ledger import DoneSet, LedgerError, verify_input
 from clients.scoring.outputs import OutputError, ResultSink
-from clients.scoring.retry import Backoff, classify
-from clients.triton import parse_classification
+from clients.scoring.retry import Backoff, triage
 from training.preprocessing.limits import MAX_VIDEO_BYTES
 from triton_models.contract import ENSEMBLE, PROBS, VIDEO
 
@@ -204,15 +203,9 @@ def _metadata_dict(md: Any) -> dict[str, Any]:
 async def _infer(
     protocol: str, client: Any, model: str, data: np.ndarray, info: ModelInfo, *, class_count: int = 0
 ) -> Any:
-    arr = data[None, :] if info.batched else data  # (1, N) or (N,)
-    if protocol == "grpc":
-        import tritonclient.grpc.aio as tc
-    else:
-        import tritonclient.http.aio as tc
-    inp = tc.InferInput(VIDEO, list(arr.shape), "UINT8")
-    inp.set_data_from_numpy(arr)
-    out = tc.InferRequestedOutput(PROBS, class_count=class_count)
-    return await client.infer(model, [inp], outputs=[out])
+    module = client_module(protocol, aio=True)
+    inputs, outputs = video_request(module, data, batched=info.batched, class_count=class_count)
+    return await client.infer(model, inputs, outputs=outputs)
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[list[int], list[float]]:
@@ -275,7 +268,7 @@ class Scorer:
                 self.pool.release(ep, ok=True)
                 raise
             except Exception as exc:
-                f = classify(exc)
+                f = triage(exc)
                 if not f.transient:
                     self.pool.release(ep, ok=True)  # the server answered: it is healthy
                     return self._row(item, error=f.reason, endpoint=ep.url, attempt=attempt)
@@ -289,7 +282,7 @@ class Scorer:
                 try:
                     await self.info.ensure_labels(self.pool, ep, data, self.cfg.timeout_s)
                 except Exception as exc:  # a label lookup that fails is retried by the next video
-                    reason = classify(exc).reason
+                    reason = triage(exc).reason
                     if attempt <= self.cfg.max_retries:
                         await asyncio.sleep(self.cfg.backoff.delay(attempt, self.rng))
                     continue
@@ -396,7 +389,7 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
                 raise
             except Exception as exc:
                 raise ScoreError(
-                    f"cannot read model {cfg.model!r} from {ep.url}: {classify(exc).reason}"
+                    f"cannot read model {cfg.model!r} from {ep.url}: {triage(exc).reason}"
                 ) from exc
             finally:
                 pool.release(ep, ok=True)

@@ -23,26 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from clients.core import PROTOCOLS, make_client
+
 BALANCE_POLICIES = ("least-loaded", "round-robin")
-PROTOCOLS = ("grpc", "http")
 
 
 class AllEndpointsDown(RuntimeError):
     """Every endpoint stayed down beyond the limit."""
-
-
-def make_client(url: str, protocol: str, *, concurrency: int = 100) -> Any:
-    """An asyncio Triton client for ``url`` ("host:port", no scheme)."""
-    if protocol == "grpc":
-        import tritonclient.grpc.aio as grpcclient
-
-        return grpcclient.InferenceServerClient(url)
-    if protocol == "http":
-        import tritonclient.http.aio as httpclient
-
-        # conn_timeout is aiohttp's total per-request limit; the scorer applies its own --timeout.
-        return httpclient.InferenceServerClient(url, conn_limit=max(concurrency, 1), conn_timeout=None)
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
 def normalize_url(url: str) -> str:
@@ -108,7 +95,7 @@ class EndpointPool:
         self.max_cooloff_s = max_cooloff_s
         self.probe_timeout_s = probe_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
-        self._factory = client_factory or (lambda url: make_client(url, protocol))
+        self._factory = client_factory or (lambda url: make_client(url, protocol, aio=True))
         self.endpoints = [
             Endpoint(u, self._factory(u)) for u in dict.fromkeys(normalize_url(u) for u in urls)
         ]

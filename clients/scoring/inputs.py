@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.data.lists import split_list_line
+
 # Files a directory walk picks up (lower-case suffixes); a list file or glob takes whatever it names.
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
@@ -44,7 +46,8 @@ def _decode_line(raw: bytes) -> str:
 class InputSource:
     """A re-iterable, lazy stream of :class:`InputItem` from one ``--input`` argument.
 
-    kind: ``list`` (a text file, one path per line; blank lines and ``#`` comments are skipped and get no
+    kind: ``list`` (a text file, one path per line, optionally followed by an integer label as in the
+    training lists; blank lines and ``#`` comments are skipped and get no
     ordinal), ``dir`` (a directory tree, files with a :data:`VIDEO_EXTENSIONS` suffix) or ``glob``.
     root: where relative paths of a list file are resolved (default: the current directory).
     """
@@ -93,7 +96,8 @@ class InputSource:
                 line = _decode_line(raw.rstrip(b"\r\n"))
                 if not line.strip() or line.lstrip().startswith("#"):
                     continue
-                yield line
+                path, label = split_list_line(line)
+                yield line if label is None else path  # a labelled list's trailing label is not the path
 
     def count(self) -> int | None:
         """Number of items for a list file (one cheap pass), ``None`` for directories and globs, whose

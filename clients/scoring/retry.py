@@ -49,7 +49,7 @@ class Failure:
     reason: str
 
 
-def classify(exc: BaseException) -> Failure:
+def triage(exc: BaseException) -> Failure:
     """Sort an exception raised by a request into transient/permanent (see module doc)."""
     from tritonclient.utils import InferenceServerException
 

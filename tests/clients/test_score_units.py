@@ -19,7 +19,7 @@ from clients.scoring.endpoints import AllEndpointsDown, EndpointPool, normalize_
 from clients.scoring.inputs import InputError, InputItem, InputSource
 from clients.scoring.ledger import DoneSet, LedgerError, verify_input
 from clients.scoring.outputs import FIELDS, CsvCodec, JsonlCodec, OutputError, ResultSink, RowLog
-from clients.scoring.retry import Backoff, classify
+from clients.scoring.retry import Backoff, triage
 
 ODD = 'we"ird, name\nwith\\newline\r and ünïcode \udcff.mp4'
 
@@ -263,7 +263,7 @@ def test_top_k_order_and_ties() -> None:
     ],
 )
 def test_classify(exc: BaseException, transient: bool, down: bool) -> None:
-    f = classify(exc)
+    f = triage(exc)
     assert (f.transient, f.endpoint_down) == (transient, down) and f.reason
 
 

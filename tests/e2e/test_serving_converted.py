@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.triton import infer_probs, make_client, read_video_bytes
+from clients.core import infer_probs, make_client, read_video_bytes
 from tests.utils_model import FIXTURE_DIR
 from tests.utils_server import running_server
 from tests.utils_video import encode_video, moving_square_frames

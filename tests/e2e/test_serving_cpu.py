@@ -17,7 +17,14 @@ import onnxruntime as ort
 import pytest
 
 from build_engines.export_onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx
-from clients.triton import ClientError, classify, infer_probs, make_client, model_statistics, read_video_bytes
+from clients.core import (
+    ClientError,
+    infer_probs,
+    make_client,
+    model_statistics,
+    read_video_bytes,
+    request_top_k,
+)
 from tests.utils_server import TINY_LABELS, build_tiny_repository, running_server, server_rss_bytes
 from tests.utils_video import (
     codec_available,
@@ -97,7 +104,7 @@ def test_classification_extension_returns_labels(served, good_video: Path) -> No
     for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
         client = make_client(url, protocol)
         probs = infer_probs(client, read_video_bytes(good_video))
-        top = classify(client, read_video_bytes(good_video), top_k=3)
+        top = request_top_k(client, read_video_bytes(good_video), top_k=3)
         order = np.argsort(-probs)[:3]
         assert [p.class_id for p in top] == list(order)
         assert [p.label for p in top] == [TINY_LABELS[i] for i in order]

@@ -12,17 +12,14 @@ import torch
 from tests.utils_video import encode_video, moving_square_frames
 from training.config import load_config
 from training.data.datasets import (
-    DatasetError,
     SeededDataset,
     VideoDataset,
-    VideoEntry,
     build_datasets,
     collate_skip_failures,
     config_entries,
-    read_file_list,
-    read_label_list,
     sample_rng,
 )
+from training.data.lists import DatasetError, VideoEntry, read_file_list, read_label_list
 from training.preprocessing import VideoDecodeError
 from training.preprocessing.spec import PreprocessSpec
 

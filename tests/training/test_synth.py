@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.datasets import read_file_list, read_label_list
+from training.data.lists import read_file_list, read_label_list
 from training.preprocessing import decode_all_frames, probe_video
 from training.synth import CLASSES, main, make_synthetic_dataset, render_clip
 

@@ -676,7 +676,7 @@ def read_label_file(path: str | Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConvertError(f"{path}: cannot read label file ({exc})") from exc
-    from training.data.datasets import DatasetError, parse_label_lines
+    from training.data.lists import DatasetError, parse_label_lines
 
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:

@@ -1,12 +1,12 @@
-"""Shared client helpers for the ``video_classifier`` ensemble: requests, results, errors.
+"""The client core: one client factory, one request builder, one response parser, for every caller.
 
-Used by ``clients.classify``, offline scoring and the benchmarks, so that every caller sends the same
-request (one whole encoded file as ``VIDEO``, uint8, batch of one) and reads the classification extension's
+``clients.classify``, the demo, offline scoring (asyncio clients) and the benchmarks all send the same
+request (one whole encoded file as ``VIDEO``, uint8, batch of one) and read the classification extension's
 ``prob:index:label`` strings the same way::
 
     client = make_client("127.0.0.1:8001", "grpc")
     probs = infer_probs(client, read_video_bytes("clip.mp4"))            # (K,) float32, sums to 1
-    top = classify(client, read_video_bytes("clip.mp4"), top_k=5)        # [Prediction(...), ...]
+    top = request_top_k(client, read_video_bytes("clip.mp4"), top_k=5)  # [Prediction(...), ...]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from triton_models import contract
 
 PROTOCOLS = ("grpc", "http")
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
 
 class ClientError(ValueError):
@@ -46,28 +47,56 @@ class Prediction:
     prob: float
 
 
-def _module(protocol: str) -> Any:
+def client_module(protocol: str, *, aio: bool = False) -> Any:
+    """The tritonclient module of ``protocol`` (its asyncio flavour with ``aio``)."""
     if protocol == "grpc":
-        import tritonclient.grpc as module
+        if aio:
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.grpc as module
     elif protocol == "http":
-        import tritonclient.http as module
+        if aio:
+            import tritonclient.http.aio as module
+        else:
+            import tritonclient.http as module
     else:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     return module
 
 
-def make_client(url: str, protocol: str = "grpc", *, timeout_s: float = 300.0) -> Any:
-    """A tritonclient ``InferenceServerClient`` for ``url`` ("host:port"). gRPC clients are thread-safe;
-    make one HTTP client per thread."""
-    module = _module(protocol)
-    if protocol == "http":
-        return module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
-    return module.InferenceServerClient(url)
+def make_client(
+    url: str, protocol: str = "grpc", *, aio: bool = False, timeout_s: float = 300.0, concurrency: int = 100
+) -> Any:
+    """A tritonclient ``InferenceServerClient`` for ``url`` ("host:port", no scheme).
+
+    Blocking clients: gRPC ones are thread-safe, make one HTTP client per thread. ``aio``: an asyncio client
+    (the batch scorer), HTTP with ``concurrency`` connections and no total timeout of its own (the caller
+    applies one per request).
+    """
+    module = client_module(protocol, aio=aio)
+    if protocol == "grpc":
+        return module.InferenceServerClient(url)
+    if aio:
+        return module.InferenceServerClient(url, conn_limit=max(concurrency, 1), conn_timeout=None)
+    return module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
 
 
 def protocol_of(client: Any) -> str:
     """``grpc`` or ``http`` for a tritonclient client object."""
     return "grpc" if type(client).__module__.startswith("tritonclient.grpc") else "http"
+
+
+def video_request(
+    module: Any, video: np.ndarray, *, batched: bool = True, class_count: int = 0
+) -> tuple[list[Any], list[Any]]:
+    """The ensemble's request for one encoded file: ``([VIDEO input], [PROBS output])`` built with
+    ``module`` (any tritonclient flavour). ``batched``: the model has a batch dimension, so the file is sent
+    as a batch of one ``(1, nbytes)``; ``class_count`` > 0 asks for the top-k classification strings."""
+    data = np.ascontiguousarray(video, dtype=np.uint8).reshape(-1)
+    data = data[None, :] if batched else data  # (1, nbytes) or (nbytes,)
+    inp = module.InferInput(contract.VIDEO, list(data.shape), "UINT8")
+    inp.set_data_from_numpy(data)
+    return [inp], [module.InferRequestedOutput(contract.PROBS, class_count=class_count)]
 
 
 def read_video_bytes(path: str | Path) -> np.ndarray:
@@ -79,13 +108,9 @@ def read_video_bytes(path: str | Path) -> np.ndarray:
 
 
 def _request(client: Any, video: np.ndarray, class_count: int) -> Any:
-    module = _module(protocol_of(client))
-    data = np.ascontiguousarray(video, dtype=np.uint8).reshape(1, -1)  # (1, nbytes): a batch of one file
-    inp = module.InferInput(contract.VIDEO, list(data.shape), "UINT8")
-    inp.set_data_from_numpy(data)
-    out = module.InferRequestedOutput(contract.PROBS, class_count=class_count)
+    inputs, outputs = video_request(client_module(protocol_of(client)), video, class_count=class_count)
     try:
-        return client.infer(contract.ENSEMBLE, [inp], outputs=[out])
+        return client.infer(contract.ENSEMBLE, inputs, outputs=outputs)
     except Exception as exc:  # tritonclient raises InferenceServerException (and socket errors)
         raise as_client_error(exc) from exc
 
@@ -122,7 +147,7 @@ def parse_classification(entries: Any) -> list[Prediction]:
     return out
 
 
-def classify(client: Any, video: np.ndarray, top_k: int = 5) -> list[Prediction]:
+def request_top_k(client: Any, video: np.ndarray, top_k: int = 5) -> list[Prediction]:
     """Top-k predictions for one encoded video, through Triton's classification extension."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
