@@ -86,8 +86,8 @@ def _batching(cfg: mc.ModelConfig, opts: RepositoryOptions, *, dynamic: bool = T
     """Batch dimension for every model; a dynamic batcher only where a batch is computed at once.
 
     The python-backend decoding steps serve a batch's requests one after another, so a batcher there only
-    queues videos behind each other while other instances sit idle (measured: 11.4 -> 18.2 videos/s on the
-    tiny model when removed); their parallelism comes from instances instead.
+    queues videos behind each other while other instances sit idle (docs/benchmarks.md has the figures);
+    their parallelism comes from instances instead.
     """
     cfg.max_batch_size = opts.max_batch_size
     if not dynamic:

@@ -295,8 +295,8 @@ def _check_size(frame: Any, name: str, limits: DecodeLimits) -> None:
 def _to_rgb(frame: Any) -> np.ndarray:
     # Any pixel format (gray, yuv420p10le, yuv444p, yuvj...) -> packed RGB8 via swscale, as PaddleVideo does.
     # One swscale thread: PyAV's default (one per core) syncs its workers on every frame, which at web
-    # sizes costs more than it saves (0.18 vs 0.09 ms per 340x256 frame, measured) and stalls whenever a
-    # worker waits for a busy core; the pixels are identical (checked on 8/10-bit, 4:2:0/4:2:2/4:4:4, gray).
+    # sizes costs more than it saves (docs/preprocessing.md) and stalls whenever a worker waits for a busy
+    # core; the pixels are identical (checked on 8/10-bit, 4:2:0/4:2:2/4:4:4, gray).
     return frame.to_ndarray(format="rgb24", threads=1)  # (H, W, 3) uint8
 
 
