@@ -189,7 +189,7 @@ def iter_lines(
         while True:
             try:
                 if f is None:
-                    f = fs.open(path, "rb")
+                    f = fs.open(path, "rb", block_size=chunk_bytes)  # one chunk buffered, no more
                     if offset:
                         f.seek(offset)
                 data = f.read(chunk_bytes)
