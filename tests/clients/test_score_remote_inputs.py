@@ -96,6 +96,7 @@ def _handler(store: Store) -> type[BaseHTTPRequestHandler]:
 def http() -> Iterator[tuple[str, Store]]:
     store = Store()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(store))
+    server.handle_error = lambda *_a: None  # type: ignore[method-assign]  # clients dropping connections
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
