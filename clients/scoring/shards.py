@@ -9,8 +9,8 @@ Assignment: an item belongs to shard ``ordinal mod N`` (``by="position"``, the d
   moves an earlier item to another shard. It needs every shard to read the stream in the same order, which
   a list file guarantees (directory walks and globs do too while the tree is unchanged).
 - ``hash`` depends only on the path string, so it survives a reordered or re-listed input (an object-store
-  listing produced again in another order); its balance is statistical: within about
-  ``3 * sqrt((N-1)/n)`` of equal for ``n`` items (2 % for a million, 20 % or more for a hundred).
+  listing produced again in another order); its balance is statistical (3 shards, measured: 0.7 % off even for
+  30 000 paths, but a median of 15 % for lists of 120), which is why ``position`` is the default.
 
 Each shard's output is its own resume ledger: it may only hold rows of its own slice, and a resume checks
 the rows against that slice alone (:meth:`Shard.check_row`). ``python -m clients.score merge`` combines the
