@@ -11,7 +11,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: setup demo train test test-fast lint format serve stop build-engines bench clean
+.PHONY: setup demo train test test-fast lint format serve stop build-engines bench k8s-render clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,10 @@ test-fast: setup
 # QUICK=1: tiny model, short sweep (< 10 min on 2 cores). BENCH_ARGS: e.g. "--model base", "--soak 10".
 bench: setup
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Render the Kubernetes deployment of a target (kubectl's built-in Kustomize; no cluster needed).
+k8s-render:
+	kubectl kustomize deploy/kubernetes/overlays/$(TARGET)
 
 lint: setup
 	.venv/bin/ruff check .

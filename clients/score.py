@@ -2,7 +2,13 @@
 exactly one result row per input, resumable after any crash.
 
     python -m clients.score --input videos.txt --out results.jsonl --url host1:8001 --url host2:8001 \\
-        [--protocol grpc|http] [--concurrency 16] [--top-k 5] [--resume] [--balance least-loaded]
+        [--protocol grpc|http] [--concurrency 16] [--top-k 5] [--resume] [--balance least-loaded] \\
+        [--shard I/N [--shard-by position|hash]]
+    python -m clients.score merge --input videos.txt --out all.jsonl part-0.jsonl part-1.jsonl ...
+
+``--input`` and the paths it lists may be local or URLs (``s3://``, ``gs://``, ``http(s)://``: see
+:mod:`clients.scoring.storage`). ``--shard I/N`` scores only slice ``I`` (0-based) of ``N`` into its own
+output (:mod:`clients.scoring.shards`); ``merge`` combines the slices' outputs (:mod:`clients.scoring.merge`).
 
 Each input is sent whole (its encoded bytes) to the ``video_classifier`` ensemble; the row holds the top-k
 labels/ids/probabilities (exact float32 values from the ``PROBS`` tensor) or, for a bad video, the reason.
@@ -43,6 +49,8 @@ from clients.scoring.inputs import InputError, InputItem, InputSource
 from clients.scoring.ledger import DoneSet, LedgerError, verify_input
 from clients.scoring.outputs import OutputError, ResultSink
 from clients.scoring.retry import Backoff, triage
+from clients.scoring.shards import SHARD_BY, Shard, ShardedSource
+from clients.scoring.storage import StorageError, read_url
 from training.preprocessing.limits import MAX_VIDEO_BYTES
 from triton_models.contract import ENSEMBLE, PROBS, VIDEO
 
@@ -70,6 +78,7 @@ class ScoreConfig:
     backoff: Backoff = field(default_factory=Backoff)
     progress: bool = True
     seed: int | None = None
+    shard: Shard | None = None  # score only this slice of the input (None: all of it)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -101,6 +110,7 @@ class ScoreSummary:
     stopped: str = ""  # why the run stopped early ("" when it did not)
     repaired_bytes: int = 0
     endpoints: dict[str, int] = field(default_factory=dict)  # url -> rows served
+    shard: str = ""  # "I/N" when the run scored one slice of its input
 
     @property
     def scored(self) -> int:
@@ -114,8 +124,9 @@ class ScoreSummary:
     def line(self, out: str) -> str:
         total = "?" if self.total is None else str(self.total)
         state = "complete" if self.complete else f"STOPPED ({self.stopped}); rerun with --resume"
+        who = f"score (shard {self.shard})" if self.shard else "score"
         return (
-            f"score: {self.ok} ok, {self.errors} failed, {self.skipped} skipped of {total} inputs; "
+            f"{who}: {self.ok} ok, {self.errors} failed, {self.skipped} skipped of {total} inputs; "
             f"{self.rate:.1f} videos/s over {self.elapsed_s:.1f} s -> {out} [{state}]"
         )
 
@@ -218,13 +229,19 @@ def top_k(probs: np.ndarray, k: int) -> tuple[list[int], list[float]]:
 class Scorer:
     """Scores single items against the pool with retries; returns one finished row per item."""
 
-    def __init__(self, cfg: ScoreConfig, source: InputSource, pool: EndpointPool, info: ModelInfo) -> None:
+    def __init__(
+        self, cfg: ScoreConfig, source: InputSource | ShardedSource, pool: EndpointPool, info: ModelInfo
+    ) -> None:
         self.cfg = cfg
         self.source = source
         self.pool = pool
         self.info = info
         self.rng = random.Random(cfg.seed)
-        self.io = ThreadPoolExecutor(max_workers=min(4, cfg.concurrency), thread_name_prefix="score-read")
+        # Local disks need few reader threads; object stores answer each read with tens of ms of latency,
+        # so remote inputs get one reader per request in flight.
+        remote = source.remote or isinstance(source.root, str)
+        readers = cfg.concurrency if remote else min(4, cfg.concurrency)
+        self.io = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="score-read")
 
     def _row(self, item: InputItem, **kw: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -246,7 +263,16 @@ class Scorer:
         """One row for ``item``; raises only :class:`AllEndpointsDown`."""
         loop = asyncio.get_running_loop()
         # File reads run in threads so a slow disk never stalls the requests in flight.
-        data = await loop.run_in_executor(self.io, read_video, self.source.resolve(item), self.cfg.max_bytes)
+        target = self.source.resolve(item)
+        if isinstance(target, str):  # a URL: read through fsspec, retried like a request
+            data = await loop.run_in_executor(
+                self.io,
+                lambda: read_url(
+                    target, self.cfg.max_bytes, retries=self.cfg.max_retries, backoff=self.cfg.backoff
+                ),
+            )
+        else:
+            data = await loop.run_in_executor(self.io, read_video, target, self.cfg.max_bytes)
         if isinstance(data, str):
             return self._row(item, error=data)
         last: Endpoint | None = None
@@ -324,10 +350,13 @@ def _lock(path: Path) -> int:
 
 def prepare(
     cfg: ScoreConfig, log: Callable[[str], None]
-) -> tuple[InputSource, ResultSink, DoneSet, int | None]:
+) -> tuple[InputSource | ShardedSource, ResultSink, DoneSet, int | None]:
     """Open the input and output; on resume, rebuild the done set from the output and check it against
-    the input. Raises :class:`ScoreError` (or a ValueError subclass) for anything unusable."""
-    source = InputSource(cfg.input, root=cfg.root)
+    the input (a shard's output against its own slice). Raises :class:`ScoreError` (or a ValueError
+    subclass) for anything unusable."""
+    source: InputSource | ShardedSource = InputSource(cfg.input, root=cfg.root)
+    if cfg.shard is not None:
+        source = ShardedSource(source, cfg.shard)
     sink = ResultSink(cfg.out)
     done = DoneSet()
     if sink.has_rows() and not cfg.resume:
@@ -337,6 +366,8 @@ def prepare(
     total: int | None
     if cfg.resume and sink.has_rows():
         for row in sink.existing():
+            if cfg.shard is not None:
+                cfg.shard.check_row(row["ordinal"], row["input"], cfg.out)
             done.add(row["ordinal"], row["input"])
         if sink.log.repaired_bytes:
             dropped = sink.log.repaired_bytes
@@ -354,7 +385,7 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
     from tqdm import tqdm
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    summary = ScoreSummary()
+    summary = ScoreSummary(shard=str(cfg.shard) if cfg.shard is not None else "")
     t_start = time.monotonic()
     lock_path = ResultSink(cfg.out).log.path
     lock_fd = _lock(lock_path)
@@ -541,10 +572,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="directory that relative paths of a list file are under")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="larger files become error rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line stays)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="score only slice I (0-based) of N into this --out (an Indexed Job: $JOB_COMPLETION_INDEX/N)",
+    )
+    p.add_argument(
+        "--shard-by",
+        choices=SHARD_BY,
+        default="position",
+        help="position: ordinal mod N (exact balance); hash: hash of the path mod N (order-independent)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:
+        from clients.scoring.merge import main as merge_main
+
+        return merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     urls = args.urls or ["127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000"]
     try:
@@ -564,9 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             root=args.root,
             max_bytes=args.max_bytes,
             progress=not args.no_progress,
+            shard=Shard.parse(args.shard, args.shard_by) if args.shard is not None else None,
         )
         summary = asyncio.run(run(cfg))
-    except (ScoreError, InputError, OutputError, LedgerError, ValueError) as exc:
+    except (ScoreError, InputError, OutputError, LedgerError, StorageError, ValueError) as exc:
         print(f"score: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -33,6 +33,7 @@ class DoneSet:
         self._bits = bytearray()
         self.count = 0
         self.fingerprint = 0  # sum of key_hash over the set, mod 2**64
+        self.largest = -1  # the largest ordinal in the set (-1: empty)
 
     def __contains__(self, ordinal: int) -> bool:
         byte = ordinal >> 3
@@ -50,6 +51,7 @@ class DoneSet:
             self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
         self._bits[byte] |= 1 << (ordinal & 7)
         self.count += 1
+        self.largest = max(self.largest, ordinal)
         self.fingerprint = (self.fingerprint + key_hash(ordinal, path)) & _MASK64
 
     @property
