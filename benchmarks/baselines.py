@@ -139,7 +139,7 @@ def in_process_classifier(repository: str | Path) -> tuple[Callable[[bytes], np.
         raise FileNotFoundError(f"{onnx_path}: the repository has no ONNX classifier (cpu target expected)")
     instances = _classifier_instances(repository / contract.CLASSIFIER / "config.pbtxt")
     classifier = runtime.OrtClassifier(onnx_path, instances=instances)
-    decode_limits = limits.decode_limits()
+    decode_limits = limits.for_serving()
 
     def run(data: bytes) -> np.ndarray:
         views = preprocess_video(data, spec, limits=decode_limits).views  # (V, 3, T, H, W)
