@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher wait (us)")
     p.add_argument("--preferred-batch-size", type=_int_list, default=(), help="e.g. '2 4'")
     p.add_argument("--max-video-bytes", type=int, default=DecodeLimits.max_bytes, help="request size limit")
+    p.add_argument(
+        "--timeline-window", type=float, default=None, help="video_timeline default window, s (spec's clip)"
+    )
+    p.add_argument("--timeline-stride", type=float, default=None, help="video_timeline default stride, s")
     args = p.parse_args(argv)
     try:
         opts = RepositoryOptions(
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             max_queue_delay_us=args.max_queue_delay_us,
             preferred_batch_sizes=tuple(args.preferred_batch_size),
             limits=DecodeLimits(max_bytes=args.max_video_bytes),
+            timeline_window_s=args.timeline_window,
+            timeline_stride_s=args.timeline_stride,
         )
         build_repository(args.checkpoint, args.out, opts)
     except (CheckpointError, BuildError, ValueError) as exc:

@@ -12,6 +12,9 @@ Layout (``V`` views, ``T`` frames, ``S`` crop size, ``K`` classes, ``N`` max bat
                                    VIDEO (+ FRAME_INDICES) -> VIEWS fp32 [V, 3, T, S, S]
     classifier/         python + ONNX Runtime (cpu) | tensorrt_plan (gpu)
                                    VIEWS [V, 3, T, S, S] -> PROBS [K]  (softmax per view, mean over views)
+    video_timeline/     python, decoupled (both targets): VIDEO [-1] (+ optional WINDOW_SECONDS [1],
+                                   STRIDE_SECONDS [1]) -> per window WINDOW fp32 [2], PROBS fp32 [K];
+                                   the windows go to classifier/ through BLS
 
 Batching: every model has ``max_batch_size N`` and a dynamic batcher; one batch item is one video. The
 encoded ``VIDEO`` differs in length per request, so it is marked ``allow_ragged_batch`` (the python
@@ -52,6 +55,11 @@ class RepositoryOptions:
     max_queue_delay_us: int = 1000
     preferred_batch_sizes: tuple[int, ...] = ()
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # video_timeline: default window/stride in seconds (None: the spec's clip span, stride = window) and
+    # how many long videos it decodes at once.
+    timeline_window_s: float | None = None
+    timeline_stride_s: float | None = None
+    timeline_instances: int = 2
 
     def __post_init__(self) -> None:
         if self.target not in contract.TARGETS:
@@ -60,12 +68,16 @@ class RepositoryOptions:
             raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
         if self.target == "cpu" and self.precision == "fp16":
             raise ValueError("precision fp16 needs the gpu target (this CPU has no fast fp16 path)")
-        for name in ("max_batch_size", "instances", "preprocess_instances"):
+        for name in ("max_batch_size", "instances", "preprocess_instances", "timeline_instances"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        for name in ("timeline_window_s", "timeline_stride_s"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred batch sizes {bad} outside 1..max_batch_size={self.max_batch_size}")
@@ -188,6 +200,37 @@ def classifier_tensorrt_config(
     return cfg
 
 
+def timeline_config(spec: PreprocessSpec, num_classes: int, opts: RepositoryOptions) -> mc.ModelConfig:
+    """``video_timeline`` (both targets): a decoupled python model, one response per window.
+
+    One request is one file, as for ``video_classifier`` (``max_batch_size 1``, so clients send the same
+    ``[1, nbytes]`` VIDEO); no dynamic batcher -- the batching happens one step down, where its windows
+    go to the shared ``classifier`` in BLS requests of up to ``max_batch_size`` windows.
+    """
+    from training.preprocessing.windows import default_window_seconds
+
+    cfg = mc.ModelConfig(name=contract.TIMELINE, backend="python", max_batch_size=1)
+    cfg.model_transaction_policy.decoupled = True
+    cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1]))
+    for name in (contract.WINDOW_SECONDS, contract.STRIDE_SECONDS):
+        t = _tensor(name, mc.TYPE_FP32, [1])
+        t.optional = True
+        cfg.input.append(t)
+    cfg.output.append(_output(contract.WINDOW, mc.TYPE_FP32, [2]))
+    cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes], contract.LABELS_FILE))
+    window = opts.timeline_window_s or default_window_seconds(spec)
+    params = {
+        "window_seconds": repr(float(window)),
+        "stride_seconds": repr(float(opts.timeline_stride_s or window)),
+        "classifier": contract.CLASSIFIER,
+        "classifier_max_batch_size": str(opts.max_batch_size),
+    }
+    for key, value in params.items():
+        cfg.parameters[key].string_value = value
+    _instances(cfg, opts.timeline_instances, gpu=False)
+    return cfg
+
+
 def write_config(cfg: mc.ModelConfig, repository: str | Path) -> Path:
     """Write ``<repository>/<name>/config.pbtxt`` (and the ``1/`` version folder)."""
     model_dir = Path(repository) / cfg.name
@@ -245,4 +288,9 @@ def generate_configs(
         pre = write_config(preprocess_dali_config(spec, opts), repository)
         written += [pre, write_spec_file(pre.parent, spec, opts.limits)]
         written.append(write_config(classifier_tensorrt_config(spec, num_classes, opts), repository))
+    # Both targets: PyAV decoding on the CPU (docs/timeline.md says why not DALI), BLS to the classifier.
+    tl = write_config(timeline_config(spec, num_classes, opts), repository)
+    (tl.parent / contract.LABELS_FILE).write_text("".join(f"{x}\n" for x in labels))
+    written += [tl, tl.parent / contract.LABELS_FILE, write_spec_file(tl.parent, spec, opts.limits)]
+    written.append(_copy_python_model(contract.TIMELINE, "timeline.py", repository))
     return written

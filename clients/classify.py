@@ -1,12 +1,15 @@
 """Classify video files with the served ``video_classifier`` ensemble.
 
     python -m clients.classify VIDEO... [--url HOST:PORT] [--protocol grpc|http] [--top-k 5] [--json]
+    python -m clients.classify VIDEO --timeline [--window S] [--stride S] [--json OUT] [--plot OUT.png]
 
 Each file's raw bytes go to the server as they are (decoding happens there). Files are sent concurrently
 (a thread pool; the server's dynamic batcher groups them). For every file it prints the top-k labels, class
 ids and probabilities -- the real view-averaged probabilities, which sum to one -- and the ``top-1 class:``
 / ``top-1 score:`` lines of PaddleVideo's predict tool. Exit status: 0 when every file was classified,
-1 when any failed (each failure is named with the server's reason), 2 for bad arguments.
+1 when any failed (each failure is named with the server's reason), 2 for bad arguments. ``--timeline``
+sends each file to ``video_timeline`` instead and prints its windows as they arrive
+(:mod:`clients.timeline`).
 """
 
 from __future__ import annotations
@@ -105,8 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="OUT",
+        help="one JSON document on stdout (with --timeline: into OUT when given)",
+    )
+    p.add_argument("--timeline", action="store_true", help="long videos: one answer per window (gRPC stream)")
+    p.add_argument("--window", type=float, default=None, help="--timeline window, s (default: the model's)")
+    p.add_argument("--stride", type=float, default=None, help="--timeline stride, s (default: the window)")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="--timeline: probabilities over time")
     args = p.parse_args(argv)
+    if isinstance(args.json, str) and not args.timeline:  # `--json a.mp4 b.mp4`: the flag, then files
+        args.videos.insert(0, args.json)
+        args.json = True
+    if args.timeline:
+        from clients.timeline import timeline_main
+
+        return timeline_main(args)
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"

@@ -22,6 +22,10 @@ FFmpeg build); the validation split uses its own seeds.
 
     python -m training.synth --out data/synthetic [--per-class 40] [--codec h264|vp9|mjpeg] [--seed 0]
         [--classes moving_left,moving_right]
+    python -m training.synth --timeline --out data/timeline [--clips 30] [--clip-seconds 2]
+
+``--timeline`` writes one long video of held-out clips back to back and its ground-truth segments
+(:mod:`training.synth_timeline`).
 """
 
 from __future__ import annotations
@@ -225,8 +229,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"the CPU demo's set: {DEMO_PER_CLASS} per class of {','.join(DEMO_CLASSES)}",
     )
+    parser.add_argument("--timeline", action="store_true", help="one long video of held-out clips + segments")
+    parser.add_argument("--clips", type=int, default=30, help="--timeline: clips back to back")
+    parser.add_argument("--clip-seconds", type=float, default=2.0, help="--timeline: each clip's length")
     args = parser.parse_args(argv)
     classes = args.classes.split(",") if args.classes else None
+    if args.timeline:
+        from training.synth_timeline import make_timeline_video
+
+        try:
+            video, truth = make_timeline_video(
+                args.out, clips=args.clips, clip_seconds=args.clip_seconds, classes=classes, seed=args.seed
+            )
+        except ValueError as exc:
+            print(f"synth: {exc}", file=sys.stderr)
+            return 2
+        print(f"synth: {args.clips} held-out clips of {args.clip_seconds:g} s -> {video} + {truth}")
+        return 0
     if args.demo:
         if args.classes or args.per_class != parser.get_default("per_class"):
             print("synth: --demo sets the classes and the per-class count itself", file=sys.stderr)

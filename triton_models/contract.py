@@ -11,6 +11,10 @@ The ensemble users call::
 
 ``PROBS`` is the softmax of each view's logits averaged over the V views, so it sums to 1 (unlike
 PaddleVideo's predict tool, which applies softmax a second time).
+
+For long videos, the decoupled ``video_timeline`` model (not an ensemble) takes the same ``VIDEO`` plus
+optional ``WINDOW_SECONDS`` / ``STRIDE_SECONDS`` and sends each window's views to the same ``classifier``
+through BLS, answering one ``WINDOW`` + ``PROBS`` response per window, in time order.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ FRAME_SAMPLER = "frame_indices"
 """gpu target only: probes the container with PyAV and picks the frame indices DALI decodes."""
 CLASSIFIER = "classifier"
 """Views -> view-averaged probabilities: ONNX Runtime in the python backend (cpu) or a TensorRT plan (gpu)."""
+TIMELINE = "video_timeline"
+"""Decoupled model for long videos: one VIDEO in, one (WINDOW, PROBS) response per window, in time order."""
 
 # --- tensors -----------------------------------------------------------------------------------------
 VIDEO = "VIDEO"
@@ -34,6 +40,12 @@ VIEWS = "VIEWS"
 """float32 [V, 3, T, H, W]: the normalised crops of one video."""
 PROBS = "PROBS"
 """float32 [num_classes]: class probabilities averaged over the views."""
+WINDOW_SECONDS = "WINDOW_SECONDS"
+"""float32 [1], optional input of ``video_timeline``: window length in seconds (default: the spec's)."""
+STRIDE_SECONDS = "STRIDE_SECONDS"
+"""float32 [1], optional input of ``video_timeline``: seconds between window starts (default: the window)."""
+WINDOW = "WINDOW"
+"""float32 [2], output of ``video_timeline``: a window's start and end in seconds from the first frame."""
 
 # Ensemble-internal tensor names (lower_snake, as in dali_backend's examples).
 ENSEMBLE_FRAME_INDICES = "frame_indices"
