@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from build_engines.build import build_repository
     from build_engines.repository import RepositoryOptions
+    from clients.core import read_video_bytes
     from clients.timeline import stream_timeline
-    from clients.triton import read_video_bytes
     from training.synth_timeline import make_long_video
     from triton_models.server import TritonServer
 

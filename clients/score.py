@@ -379,11 +379,133 @@ def prepare(
     return source, sink, done, total
 
 
-async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> ScoreSummary:
-    """Score ``cfg.input`` into ``cfg.out``; see the module doc. Raises :class:`ScoreError` and other
-    ValueErrors for unusable arguments; stopping early is reported in the summary, not raised."""
+async def connect(cfg: ScoreConfig, log: Callable[[str], None]) -> tuple[EndpointPool, ModelInfo]:
+    """Phase 2: the endpoint pool, started, and what the model tells about itself (input layout, classes).
+    Raises :class:`AllEndpointsDown` when no endpoint answers, :class:`ScoreError` for a wrong model."""
+    pool = EndpointPool(
+        cfg.urls,
+        protocol=cfg.protocol,
+        model=cfg.model,
+        balance=cfg.balance,
+        down_limit_s=cfg.down_limit_s,
+        log=lambda m: log(f"score: {m}"),
+    )
+    await pool.start()
+    try:
+        ep = await pool.acquire()
+        try:
+            info = await ModelInfo.fetch(ep.client, cfg.model)
+        except ScoreError:
+            raise
+        except Exception as exc:
+            raise ScoreError(f"cannot read model {cfg.model!r} from {ep.url}: {triage(exc).reason}") from exc
+        finally:
+            pool.release(ep, ok=True)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool, info
+
+
+async def pump(
+    cfg: ScoreConfig, source: Any, done: DoneSet, scorer: Scorer, sink: ResultSink, summary: ScoreSummary
+) -> str:
+    """Phase 3: keep ``cfg.concurrency`` inputs in flight, write each finished row, stop cleanly on
+    SIGINT/SIGTERM. Returns why it stopped early ("" when every input has a row)."""
     from tqdm import tqdm
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    bar = tqdm(
+        total=summary.total,
+        initial=done.count,
+        unit="video",
+        desc="score",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    pending: set[asyncio.Task[dict[str, Any]]] = set()
+
+    def collect(finished: set[asyncio.Task[dict[str, Any]]]) -> None:
+        # Write every finished row before an AllEndpointsDown from a sibling task stops the run.
+        down: AllEndpointsDown | None = None
+        for task in finished:
+            exc = task.exception()
+            if exc is not None:
+                if not isinstance(exc, AllEndpointsDown):
+                    raise exc
+                down = exc
+                continue
+            row = task.result()
+            sink.write(row)
+            if row["status"] == "ok":
+                summary.ok += 1
+            else:
+                summary.errors += 1
+            if row["endpoint"]:
+                summary.endpoints[row["endpoint"]] = summary.endpoints.get(row["endpoint"], 0) + 1
+            bar.update(1)
+        if down is not None:
+            raise down
+
+    async def flusher() -> None:
+        # Rows that arrive slowly (endpoints down, slow server) still reach the disk within ~1 s.
+        while True:
+            await asyncio.sleep(1.0)
+            sink.flush()
+
+    flush_task = loop.create_task(flusher())
+    stop_task = loop.create_task(stop.wait())
+
+    async def settle(limit: int) -> None:
+        # Collect finished rows until fewer than ``limit`` are in flight, or a stop signal arrives.
+        nonlocal pending
+        while len(pending) >= limit and not stop.is_set():
+            finished, pending = await asyncio.wait(pending | {stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            finished.discard(stop_task)
+            pending.discard(stop_task)
+            collect(finished)
+
+    stopped_by = ""
+    try:
+        cut_short = False
+        for item in source:
+            if item.ordinal in done:
+                continue
+            await settle(cfg.concurrency)
+            if stop.is_set():
+                cut_short = True
+                break
+            pending.add(loop.create_task(scorer.score(item)))
+        await settle(1)
+        if cut_short or pending:
+            stopped_by = "interrupted"
+    except AllEndpointsDown as exc:
+        stopped_by = str(exc)
+    finally:
+        # Anything still in flight has no row: a resume scores it (never twice: only rows count).
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(BaseException):
+                await task
+        for t in (flush_task, stop_task):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        bar.close()
+    return stopped_by
+
+
+async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> ScoreSummary:
+    """Score ``cfg.input`` into ``cfg.out``; see the module doc. Phases: prepare (inputs, output, resume
+    ledger) -> connect (endpoints, model) -> pump (requests in flight, rows written) -> close. Raises
+    :class:`ScoreError` and other ValueErrors for unusable arguments; stopping early is reported in the
+    summary, not raised."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     summary = ScoreSummary(shard=str(cfg.shard) if cfg.shard is not None else "")
     t_start = time.monotonic()
@@ -401,123 +523,18 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
                 sink.close(complete=True)
             summary.complete = True
             return summary
-
-        pool = EndpointPool(
-            cfg.urls,
-            protocol=cfg.protocol,
-            model=cfg.model,
-            balance=cfg.balance,
-            down_limit_s=cfg.down_limit_s,
-            log=lambda m: log(f"score: {m}"),
-        )
-        await pool.start()
         sink.open()
         try:
-            ep = await pool.acquire()
-            try:
-                info = await ModelInfo.fetch(ep.client, cfg.model)
-            except ScoreError:
-                raise
-            except Exception as exc:
-                raise ScoreError(
-                    f"cannot read model {cfg.model!r} from {ep.url}: {triage(exc).reason}"
-                ) from exc
-            finally:
-                pool.release(ep, ok=True)
+            pool, info = await connect(cfg, log)
         except AllEndpointsDown as exc:
             sink.close(complete=False)
             summary.stopped = str(exc)
             return summary
-
         scorer = Scorer(cfg, source, pool, info)
         sink.log.fsync_executor = scorer.io  # fsync off the event loop (the disk must not stall requests)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-
-        bar = tqdm(
-            total=total,
-            initial=done.count,
-            unit="video",
-            desc="score",
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
-        pending: set[asyncio.Task[dict[str, Any]]] = set()
-
-        def collect(finished: set[asyncio.Task[dict[str, Any]]]) -> None:
-            # Write every finished row before an AllEndpointsDown from a sibling task stops the run.
-            down: AllEndpointsDown | None = None
-            for task in finished:
-                exc = task.exception()
-                if exc is not None:
-                    if not isinstance(exc, AllEndpointsDown):
-                        raise exc
-                    down = exc
-                    continue
-                row = task.result()
-                sink.write(row)
-                if row["status"] == "ok":
-                    summary.ok += 1
-                else:
-                    summary.errors += 1
-                if row["endpoint"]:
-                    summary.endpoints[row["endpoint"]] = summary.endpoints.get(row["endpoint"], 0) + 1
-                bar.update(1)
-            if down is not None:
-                raise down
-
-        async def flusher() -> None:
-            # Rows that arrive slowly (endpoints down, slow server) still reach the disk within ~1 s.
-            while True:
-                await asyncio.sleep(1.0)
-                sink.flush()
-
-        flush_task = loop.create_task(flusher())
-        stopped_by: str = ""
-        stop_task = loop.create_task(stop.wait())
-
-        async def settle(limit: int) -> None:
-            # Collect finished rows until fewer than ``limit`` are in flight, or a stop signal arrives.
-            nonlocal pending
-            while len(pending) >= limit and not stop.is_set():
-                finished, pending = await asyncio.wait(
-                    pending | {stop_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                finished.discard(stop_task)
-                pending.discard(stop_task)
-                collect(finished)
-
         try:
-            cut_short = False
-            for item in source:
-                if item.ordinal in done:
-                    continue
-                await settle(cfg.concurrency)
-                if stop.is_set():
-                    cut_short = True
-                    break
-                pending.add(loop.create_task(scorer.score(item)))
-            await settle(1)
-            if cut_short or pending:
-                stopped_by = "interrupted"
-        except AllEndpointsDown as exc:
-            stopped_by = str(exc)
+            stopped_by = await pump(cfg, source, done, scorer, sink, summary)
         finally:
-            # Anything still in flight has no row: a resume scores it (never twice: only rows count).
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(BaseException):
-                    await task
-            for t in (flush_task, stop_task):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-            bar.close()
             sink.log.fsync_executor = None  # later flushes fsync inline
             scorer.io.shutdown(wait=False)
         summary.stopped = stopped_by

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from clients.triton import ClientError, as_client_error, classify
+from clients.core import (
+    ClientError,
+    as_client_error,
+    client_module,
+    make_client,
+    request_top_k,
+    video_request,
+)
 from triton_models import contract
 
 
@@ -147,12 +154,8 @@ def merge_segments(windows: Sequence[WindowResult], labels: Sequence[str]) -> li
 
 
 def _inputs(video: np.ndarray, window: float | None, stride: float | None) -> list[Any]:
-    import tritonclient.grpc as grpcclient
-
-    data = np.ascontiguousarray(video, dtype=np.uint8).reshape(1, -1)  # (1, nbytes): one file, as for
-    inp = grpcclient.InferInput(contract.VIDEO, list(data.shape), "UINT8")  # video_classifier
-    inp.set_data_from_numpy(data)
-    inputs = [inp]
+    grpcclient = client_module("grpc")
+    inputs, _ = video_request(grpcclient, video)  # VIDEO (1, nbytes): one file, as for video_classifier
     for name, value in ((contract.WINDOW_SECONDS, window), (contract.STRIDE_SECONDS, stride)):
         if value is not None:
             arr = np.asarray([[value]], dtype=np.float32)  # (1, 1)
@@ -177,10 +180,9 @@ def stream_timeline(
     Raises :class:`ClientError` with the server's reason for a refused video. Leaving the loop early (or
     an exception in it) cancels the request on the server.
     """
-    import tritonclient.grpc as grpcclient
-
+    grpcclient = client_module("grpc")
     own = client is None
-    client = client or grpcclient.InferenceServerClient(url)
+    client = client or make_client(url, "grpc")
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     finished = False
@@ -221,11 +223,9 @@ def stream_timeline(
 def fetch_labels(url: str, video: np.ndarray, num_classes: int) -> list[str]:
     """Label names through the classification extension of ``video_classifier`` (same label file as
     ``video_timeline``'s PROBS), asked once with the same file; ``class_<i>`` names when that fails."""
-    from clients.triton import make_client
-
     names = [f"class_{i}" for i in range(num_classes)]
     try:
-        for p in classify(make_client(url, "grpc"), video, top_k=num_classes):
+        for p in request_top_k(make_client(url, "grpc"), video, top_k=num_classes):
             if 0 <= p.class_id < num_classes:
                 names[p.class_id] = p.label
     except (ClientError, ValueError):
@@ -235,9 +235,7 @@ def fetch_labels(url: str, video: np.ndarray, num_classes: int) -> list[str]:
 
 def num_classes_of(url: str, model: str = contract.TIMELINE) -> int:
     """K from the model's metadata (``PROBS`` is [.., K])."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
+    client = make_client(url, "grpc")
     try:
         md = client.get_model_metadata(model)
     except Exception as exc:
@@ -341,7 +339,7 @@ def plot_timeline(r: TimelineResult, out: str | Path, top: int = 5) -> Path:
 
 def timeline_main(args: Any) -> int:
     """``clients.classify --timeline``: every file in turn; exit 1 when any failed."""
-    from clients.triton import read_video_bytes
+    from clients.core import read_video_bytes
 
     if args.protocol != "grpc":
         print("error: --timeline needs --protocol grpc (its responses are streamed)", file=sys.stderr)

@@ -106,8 +106,8 @@ def served_windows(
     url: str, video: str | Path, window: float, stride: float
 ) -> tuple[list[tuple[float, float]], np.ndarray, dict[str, float]]:
     """Spans and probabilities from ``video_timeline`` over a gRPC stream, plus the stream's timing."""
+    from clients.core import read_video_bytes
     from clients.timeline import stream_timeline
-    from clients.triton import read_video_bytes
 
     spans, probs, first = [], [], None
     t0 = time.perf_counter()

@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from build_engines.export_onnx import ONNX_INPUT, ONNX_OUTPUT, export_onnx
+from clients.core import ClientError, infer_probs, make_client, read_video_bytes
 from clients.timeline import stream_timeline
-from clients.triton import ClientError, infer_probs, make_client, read_video_bytes
 from tests.utils_server import build_tiny_repository, running_server
 from tests.utils_video import encode_video, moving_square_frames
 from training.modeling.checkpoint import load_checkpoint
