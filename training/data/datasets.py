@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from training.preprocessing.sampling import sample_indices
-from training.preprocessing.spec import PreprocessSpec
+from training.preprocessing.spec import RANDOM_SAMPLING_MODES, PreprocessSpec
 from training.preprocessing.decode import (
     DecodeLimits,
     VideoDecodeError,
@@ -153,8 +153,8 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def _is_random(spec: PreprocessSpec) -> bool:
-    """Whether ``spec`` draws from an RNG at all (segment sampling, random scale/crop/flip)."""
-    return spec.crops == "random" or spec.sampling == "segment"
+    """Whether ``spec`` draws from an RNG at all (segment / paddle_train sampling, random scale/crop/flip)."""
+    return spec.crops == "random" or spec.sampling in RANDOM_SAMPLING_MODES
 
 
 class VideoDataset(torch.utils.data.Dataset):
