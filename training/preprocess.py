@@ -1,7 +1,8 @@
 """Preprocess one video file into the model's input tensor and save it as ``.npy``.
 
-    python -m training.preprocess VIDEO -o out.npy [--num-frames 8] [--sampling uniform|paddle|paddle_train|segment]
-        [--crops three|center] [--short-side 224] [--crop-size 224] [--mean R G B] [--std R G B]
+    python -m training.preprocess VIDEO -o out.npy [--num-frames 8]
+        [--sampling uniform|paddle|paddle_train|segment] [--crops three|center] [--short-side 224]
+        [--crop-size 224] [--mean R G B] [--std R G B]
         [--backend reference|dali] [--seed S]
 
 Writes the float32 ``(V, 3, T, H, W)`` array, prints the frame indices and a one-line summary. Bad input
