@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
         "cutmix_prob": 0.5,  # given mixing, probability of cutmix rather than mixup
         "mixup_alpha": 0.2,
         "cutmix_alpha": 1.0,
+        # spatial: one box in every frame, lambda = pixels kept | paddle: PaddleVideo's published cutmix
+        # (frames x rows, full width, lambda over H*W), to reproduce its numbers
+        "cutmix_mode": "spatial",
     },
     "distill": {
         "teacher": None,  # checkpoint in any format training.convert imports
@@ -221,6 +224,8 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("mixup_alpha", "cutmix_alpha"):
         if _num(cfg, f"mix.{key}", low=0) <= 0 and cfg["mix"]["prob"] > 0:
             raise ConfigError(f"mix.{key} must be positive when mix.prob > 0")
+    if cfg["mix"]["cutmix_mode"] not in ("spatial", "paddle"):
+        raise ConfigError(f"mix.cutmix_mode must be spatial|paddle, got {cfg['mix']['cutmix_mode']!r}")
     _num(cfg, "distill.weight", low=0, high=1)
     if _num(cfg, "distill.temperature", low=0) <= 0:
         raise ConfigError("distill.temperature must be positive")

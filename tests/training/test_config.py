@@ -103,3 +103,12 @@ def test_shipped_recipes_load(path: Path, tmp_path: Path) -> None:
 
 def test_parse_override_keeps_equals_in_values() -> None:
     assert parse_override("output_dir=runs/a=b") == (["output_dir"], "runs/a=b")
+
+
+def test_cutmix_mode_key() -> None:
+    from training.config import ConfigError, load_config
+
+    assert load_config(None)["mix"]["cutmix_mode"] == "spatial"
+    assert load_config(None, ["mix.cutmix_mode=paddle"])["mix"]["cutmix_mode"] == "paddle"
+    with pytest.raises(ConfigError, match="mix.cutmix_mode must be spatial|paddle"):
+        load_config(None, ["mix.cutmix_mode=time"])
