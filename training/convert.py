@@ -11,7 +11,9 @@ be a Hugging Face ``save_pretrained`` folder (or a weights file in one): its ``c
 eps, frames and labels (``id2label``), its ``preprocessor_config.json`` mean/std and sizes. The
 written checkpoint carries the model config, a preprocessing spec whose frame count and crop size come from
 the weights, mean/std from the flags (defaults: ``paddle`` -> 0 / 1, since PaddleVideo feeds RGB/255
-unnormalised; the others -> 0.45 / 0.225, the original TimeSformer's), and label names from ``--labels``.
+unnormalised; ``mmaction`` -> its data preprocessor's values when stored, else 0.5 / 0.5 (127.5 on 0..255);
+``hf`` -> its preprocessor_config.json; the others -> 0.45 / 0.225, the original TimeSformer's), and label
+names from ``--labels`` (or a Hugging Face config's ``id2label``).
 """
 
 from __future__ import annotations

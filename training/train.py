@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from training.config import ConfigError, add_config_arguments, load_config, run_cli, save_config
+from training.config import (
+    ConfigError,
+    add_config_arguments,
+    load_config,
+    preprocess_spec,
+    run_cli,
+    save_config,
+)
 from training.data.datasets import build_datasets, step_rng
 from training.data.mixing import VideoMix, smooth_one_hot
 from training.loop.distributed import (
@@ -60,7 +67,8 @@ def train(
     scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
     mixer = VideoMix(**cfg["mix"])
     d_w, d_t = float(cfg["distill"]["weight"]), float(cfg["distill"]["temperature"])
-    teacher = load_teacher(cfg["distill"]["teacher"], dist.device) if d_w > 0 else None
+    train_spec = preprocess_spec(cfg, "train_preprocess")  # the teacher is fed clips normalised this way
+    teacher = load_teacher(cfg["distill"]["teacher"], dist.device, train_spec) if d_w > 0 else None
     sampler, train_loader, val_loader = make_loaders(cfg, dist, train_set, val_set)
     st = new_run_state()
     if resume and (out / "last.pt").is_file():

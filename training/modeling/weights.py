@@ -169,6 +169,8 @@ def import_checkpoint(
     default_mean, default_std = (
         (PADDLE_MEAN, PADDLE_STD) if fmt == "paddle" else (TIMESFORMER_MEAN, TIMESFORMER_STD)
     )
+    if fmt == "mmaction":
+        default_mean, default_std = _mmaction_mean_std(raw)
     default_mean, default_std = hf_pre.get("mean", default_mean), hf_pre.get("std", default_std)
     if hf_pre.get("crop_size", cfg["img_size"]) != cfg["img_size"]:
         crop, size = hf_pre["crop_size"], cfg["img_size"]
@@ -213,6 +215,26 @@ def import_checkpoint(
         labels=names,
         meta=meta,
     )
+
+
+# mmaction2's TimeSformer configs normalise with mean = std = 127.5 on the 0..255 scale.
+MMACTION_MEAN = MMACTION_STD = (0.5, 0.5, 0.5)
+
+
+def _mmaction_mean_std(raw: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mmaction2's normalisation on the 0..1 scale: its data preprocessor's buffers when the checkpoint
+    holds them (0..255 scale), else its TimeSformer configs' 127.5 / 127.5."""
+    out = []
+    for key, default in (("mean", MMACTION_MEAN), ("std", MMACTION_STD)):
+        v = raw.get(f"data_preprocessor.{key}")
+        if v is None:
+            out.append(default)
+            continue
+        flat = torch.as_tensor(v, dtype=torch.float64).flatten()
+        if flat.numel() != 3:
+            raise ConvertError(f"data_preprocessor.{key}: expected 3 channel values, got {flat.numel()}")
+        out.append(tuple(float(x) / 255.0 for x in flat))
+    return out[0], out[1]
 
 
 def load_any_checkpoint(path: str | Path) -> Checkpoint:
@@ -348,9 +370,44 @@ def sincos_1d(n: int, dim: int) -> torch.Tensor:
     return torch.cat([out, torch.zeros(n, dim - 2 * half)], dim=1)  # (n, dim)
 
 
-def load_teacher(path: str | Path, device: torch.device) -> nn.Module:
-    """A frozen teacher in eval mode from any importable checkpoint."""
-    teacher = load_any_checkpoint(path).build_model().to(device)
+class Renormalised(nn.Module):
+    """Feeds ``model`` clips normalised with its own mean/std when the caller's differ.
+
+    A clip normalised as ``x = (rgb - m_in) / s_in`` becomes ``(rgb - m) / s = x * s_in / s + (m_in - m) / s``
+    per channel: one multiply-add, exact up to float rounding, with no need for the raw pixels.
+    """
+
+    def __init__(self, model: nn.Module, input_spec: PreprocessSpec, model_spec: PreprocessSpec) -> None:
+        super().__init__()
+        self.model = model
+        m_in, s_in = torch.tensor(input_spec.mean), torch.tensor(input_spec.std)
+        m, s = torch.tensor(model_spec.mean), torch.tensor(model_spec.std)
+        self.register_buffer("scale", (s_in / s).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((m_in - m) / s).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)  # x (B, 3, T, H, W) -> logits (B, K)
+
+
+def load_teacher(
+    path: str | Path, device: torch.device, input_spec: PreprocessSpec | None = None
+) -> nn.Module:
+    """A frozen teacher in eval mode from any importable checkpoint.
+
+    With ``input_spec`` (the student's training spec: how the clips it is fed are normalised), a teacher
+    whose own spec has another mean/std -- the official model's 0.45/0.225 or mmaction2's 127.5 under a
+    PaddleVideo student's RGB/255 -- gets each clip renormalised to its own statistics first.
+    """
+    ckpt = load_any_checkpoint(path)
+    teacher: nn.Module = ckpt.build_model()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher.eval()
+    own = ckpt.preprocess
+    if input_spec is not None and (own.mean, own.std) != (input_spec.mean, input_spec.std):
+        print(
+            f"distill: teacher {path} expects mean {list(own.mean)} std {list(own.std)}; clips normalised "
+            f"with mean {list(input_spec.mean)} std {list(input_spec.std)} are renormalised for it",
+            flush=True,
+        )
+        teacher = Renormalised(teacher, input_spec, own)
+    return teacher.to(device).eval()
