@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
         "suffix": "",
         "num_workers": 0,
         "cache": False,  # keep decoded frames in memory (small data sets only)
+        # true: a video that fails to decode is logged, replaced by the next one of the list and counted
+        # (train_failures / val_failures per epoch); false: it stops the run, naming the file
+        "skip_failures": False,
         "train_preprocess": {},
         "val_preprocess": {},
         "test_preprocess": {},
@@ -224,6 +227,8 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("mixup_alpha", "cutmix_alpha"):
         if _num(cfg, f"mix.{key}", low=0) <= 0 and cfg["mix"]["prob"] > 0:
             raise ConfigError(f"mix.{key} must be positive when mix.prob > 0")
+    if not isinstance(cfg["data"]["skip_failures"], bool):
+        raise ConfigError(f"data.skip_failures must be true or false, got {cfg['data']['skip_failures']!r}")
     if cfg["mix"]["cutmix_mode"] not in ("spatial", "paddle"):
         raise ConfigError(f"mix.cutmix_mode must be spatial|paddle, got {cfg['mix']['cutmix_mode']!r}")
     _num(cfg, "distill.weight", low=0, high=1)

@@ -124,7 +124,8 @@ def train(
                     save_run_checkpoint(out / "last.pt", model, cfg, labels, st, {}, **ckpt_kw)
                     print(f"checkpoint: last.pt epoch {epoch} step {st['step_in_epoch']}", flush=True)
 
-        sums = all_reduce_list(st["epoch_sums"])
+        failed = train_loader.dataset.take_failures()  # videos skipped this epoch (data.skip_failures)
+        sums = all_reduce_list([*st["epoch_sums"], failed])
         n = max(sums[2], 1.0)
         metrics = {
             "epoch": epoch + 1,
@@ -136,6 +137,9 @@ def train(
             (epoch + 1) % tr["eval_every_epochs"] == 0 or epoch + 1 == tr["epochs"]
         ):
             metrics.update(evaluate(ddp, val_loader, dist.device, dtype, show=dist.is_main))
+        if cfg["data"]["skip_failures"]:
+            metrics["train_failures"] = int(sums[3])
+            metrics["val_failures"] = int(all_reduce_list([val_loader.dataset.take_failures()])[0])
         metrics["epoch_time_s"] = time.perf_counter() - t0
         st.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0.0, 0.0])
         st["history"].append(metrics)
