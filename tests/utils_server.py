@@ -15,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
-from utils_model import make_tiny_checkpoint
 
 from build_engines.build import build_repository
 from build_engines.repository import RepositoryOptions
+from tests.utils_model import make_tiny_checkpoint
 from training.preprocessing.spec import PreprocessSpec
 from triton_models.server import TritonServer
 

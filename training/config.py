@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
         "suffix": "",
         "num_workers": 0,
         "cache": False,  # keep decoded frames in memory (small data sets only)
+        # true: a video that fails to decode is logged, replaced by the next one of the list and counted
+        # (train_failures / val_failures per epoch); false: it stops the run, naming the file
+        "skip_failures": False,
         "train_preprocess": {},
         "val_preprocess": {},
         "test_preprocess": {},
@@ -88,6 +91,9 @@ DEFAULTS: dict[str, Any] = {
         "cutmix_prob": 0.5,  # given mixing, probability of cutmix rather than mixup
         "mixup_alpha": 0.2,
         "cutmix_alpha": 1.0,
+        # spatial: one box in every frame, lambda = pixels kept | paddle: PaddleVideo's published cutmix
+        # (frames x rows, full width, lambda over H*W), to reproduce its numbers
+        "cutmix_mode": "spatial",
     },
     "distill": {
         "teacher": None,  # checkpoint in any format training.convert imports
@@ -221,6 +227,10 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("mixup_alpha", "cutmix_alpha"):
         if _num(cfg, f"mix.{key}", low=0) <= 0 and cfg["mix"]["prob"] > 0:
             raise ConfigError(f"mix.{key} must be positive when mix.prob > 0")
+    if not isinstance(cfg["data"]["skip_failures"], bool):
+        raise ConfigError(f"data.skip_failures must be true or false, got {cfg['data']['skip_failures']!r}")
+    if cfg["mix"]["cutmix_mode"] not in ("spatial", "paddle"):
+        raise ConfigError(f"mix.cutmix_mode must be spatial|paddle, got {cfg['mix']['cutmix_mode']!r}")
     _num(cfg, "distill.weight", low=0, high=1)
     if _num(cfg, "distill.temperature", low=0) <= 0:
         raise ConfigError("distill.temperature must be positive")

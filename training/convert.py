@@ -1,14 +1,19 @@
-"""Import published TimeSformer / PP-TimeSformer / mmaction2 / ImageNet-ViT weights as a native checkpoint.
+"""Import published TimeSformer / PP-TimeSformer / mmaction2 / Hugging Face / ImageNet-ViT weights as a
+native checkpoint.
 
-    python -m training.convert SRC -o DST.pt [--format auto|official|paddle|mmaction|vit-image]
+    python -m training.convert SRC -o DST.pt [--format auto|official|paddle|mmaction|vit-image|hf]
         [--num-heads N] [--num-frames T] [--ln-eps E] [--labels FILE] [--mean R G B --std R G B]
         [--num-classes N] [--attention-type divided_space_time|space_only|joint_space_time] [--img-size S]
 
 Everything the tensors tell is inferred (see :mod:`training.modeling.formats`); only the head count
-(default 12) and, for ``space_only`` and image weights, the frame count (default 8) come from flags. The
+(default 12) and, for ``space_only`` and image weights, the frame count (default 8) come from flags. SRC may
+be a Hugging Face ``save_pretrained`` folder (or a weights file in one): its ``config.json`` gives heads,
+eps, frames and labels (``id2label``), its ``preprocessor_config.json`` mean/std and sizes. The
 written checkpoint carries the model config, a preprocessing spec whose frame count and crop size come from
 the weights, mean/std from the flags (defaults: ``paddle`` -> 0 / 1, since PaddleVideo feeds RGB/255
-unnormalised; the others -> 0.45 / 0.225, the original TimeSformer's), and label names from ``--labels``.
+unnormalised; ``mmaction`` -> its data preprocessor's values when stored, else 0.5 / 0.5 (127.5 on 0..255);
+``hf`` -> its preprocessor_config.json; the others -> 0.45 / 0.225, the original TimeSformer's), and label
+names from ``--labels`` (or a Hugging Face config's ``id2label``).
 """
 
 from __future__ import annotations
@@ -29,14 +34,23 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m training.convert",
         description="Import published TimeSformer weights as a native checkpoint.",
     )
-    p.add_argument("src", help="source weights (.pyth, .pdparams, .pth, .pt)")
+    p.add_argument(
+        "src", help="source weights (.pyth, .pdparams, .pth, .pt, .safetensors, or a Hugging Face folder)"
+    )
     p.add_argument("-o", "--out", required=True, help="native checkpoint to write (.pt)")
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS))
-    p.add_argument("--num-heads", type=int, default=12, help="attention heads (not stored in weights)")
+    p.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="attention heads (not in weights; default 12 or config.json)",
+    )
     p.add_argument(
         "--num-frames", type=int, default=None, help="frames (space_only/image weights; else resize)"
     )
-    p.add_argument("--ln-eps", type=float, default=1e-6, help="LayerNorm epsilon")
+    p.add_argument(
+        "--ln-eps", type=float, default=None, help="LayerNorm epsilon (default 1e-6 or config.json)"
+    )
     p.add_argument("--labels", default=None, help="label file: 'id name', classInd.txt, or one name per line")
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), default=None)
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), default=None)

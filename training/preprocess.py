@@ -1,7 +1,8 @@
 """Preprocess one video file into the model's input tensor and save it as ``.npy``.
 
-    python -m training.preprocess VIDEO -o out.npy [--num-frames 8] [--sampling uniform|paddle|segment]
-        [--crops three|center] [--short-side 224] [--crop-size 224] [--mean R G B] [--std R G B]
+    python -m training.preprocess VIDEO -o out.npy [--num-frames 8]
+        [--sampling uniform|paddle|paddle_train|segment] [--crops three|center] [--short-side 224]
+        [--crop-size 224] [--mean R G B] [--std R G B]
         [--backend reference|dali] [--seed S]
 
 Writes the float32 ``(V, 3, T, H, W)`` array, prints the frame indices and a one-line summary. Bad input
@@ -32,15 +33,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3, default=list(PADDLE_MEAN), metavar=("R", "G", "B"))
     p.add_argument("--std", type=float, nargs=3, default=list(PADDLE_STD), metavar=("R", "G", "B"))
     p.add_argument("--backend", choices=("reference", "dali"), default="reference")
-    p.add_argument("--seed", type=int, default=None, help="seed for segment sampling (default: centres)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the random sampling modes (segment, paddle_train); default: their fixed "
+        "fallback (segment centres, paddle_train's centre window)",
+    )
     return p
 
 
-def _run_dali(path: Path, spec: PreprocessSpec) -> tuple[np.ndarray, list[int]]:
+def _run_dali(
+    path: Path, spec: PreprocessSpec, rng: np.random.Generator | None
+) -> tuple[np.ndarray, list[int]]:
     from training.preprocessing.dali import build_pipeline, run_pipeline
     from training.preprocessing.decode import VideoDecodeError, sample_video_indices
 
-    indices, info = sample_video_indices(path, spec)
+    indices, info = sample_video_indices(path, spec, rng=rng)  # the reference's draws for the same seed
     if info.codec not in ("vp8", "vp9", "mjpeg"):
         raise VideoDecodeError(
             f"{path}: DALI's CPU decoder reads VP8, VP9 and MJPEG only, this is {info.codec} "
@@ -69,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         if spec.short_side < spec.crop_size:
             raise ValueError(f"--short-side ({spec.short_side}) must be >= --crop-size ({spec.crop_size})")
         path = Path(args.video)
+        rng = np.random.default_rng(args.seed) if args.seed is not None else None
         if args.backend == "dali":
-            views, indices = _run_dali(path, spec)
+            views, indices = _run_dali(path, spec, rng)
         else:
             from training.preprocessing.decode import preprocess_video
 
-            rng = np.random.default_rng(args.seed) if args.seed is not None else None
             clip = preprocess_video(path, spec, rng=rng)
             views, indices = clip.views, clip.indices
     except ValueError as exc:  # VideoDecodeError included

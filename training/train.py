@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from training.config import ConfigError, add_config_arguments, load_config, run_cli, save_config
+from training.config import (
+    ConfigError,
+    add_config_arguments,
+    load_config,
+    preprocess_spec,
+    run_cli,
+    save_config,
+)
 from training.data.datasets import build_datasets, step_rng
 from training.data.mixing import VideoMix, smooth_one_hot
 from training.loop.distributed import (
@@ -60,7 +67,8 @@ def train(
     scaler = torch.amp.GradScaler(dist.device.type, enabled=dtype == torch.float16)
     mixer = VideoMix(**cfg["mix"])
     d_w, d_t = float(cfg["distill"]["weight"]), float(cfg["distill"]["temperature"])
-    teacher = load_teacher(cfg["distill"]["teacher"], dist.device) if d_w > 0 else None
+    train_spec = preprocess_spec(cfg, "train_preprocess")  # the teacher is fed clips normalised this way
+    teacher = load_teacher(cfg["distill"]["teacher"], dist.device, train_spec) if d_w > 0 else None
     sampler, train_loader, val_loader = make_loaders(cfg, dist, train_set, val_set)
     st = new_run_state()
     if resume and (out / "last.pt").is_file():
@@ -116,7 +124,8 @@ def train(
                     save_run_checkpoint(out / "last.pt", model, cfg, labels, st, {}, **ckpt_kw)
                     print(f"checkpoint: last.pt epoch {epoch} step {st['step_in_epoch']}", flush=True)
 
-        sums = all_reduce_list(st["epoch_sums"])
+        failed = train_loader.dataset.take_failures()  # videos skipped this epoch (data.skip_failures)
+        sums = all_reduce_list([*st["epoch_sums"], failed])
         n = max(sums[2], 1.0)
         metrics = {
             "epoch": epoch + 1,
@@ -128,6 +137,9 @@ def train(
             (epoch + 1) % tr["eval_every_epochs"] == 0 or epoch + 1 == tr["epochs"]
         ):
             metrics.update(evaluate(ddp, val_loader, dist.device, dtype, show=dist.is_main))
+        if cfg["data"]["skip_failures"]:
+            metrics["train_failures"] = int(sums[3])
+            metrics["val_failures"] = int(all_reduce_list([val_loader.dataset.take_failures()])[0])
         metrics["epoch_time_s"] = time.perf_counter() - t0
         st.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums=[0.0, 0.0, 0.0])
         st["history"].append(metrics)

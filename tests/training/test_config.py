@@ -103,3 +103,28 @@ def test_shipped_recipes_load(path: Path, tmp_path: Path) -> None:
 
 def test_parse_override_keeps_equals_in_values() -> None:
     assert parse_override("output_dir=runs/a=b") == (["output_dir"], "runs/a=b")
+
+
+def test_cutmix_mode_key() -> None:
+    from training.config import ConfigError, load_config
+
+    assert load_config(None)["mix"]["cutmix_mode"] == "spatial"
+    assert load_config(None, ["mix.cutmix_mode=paddle"])["mix"]["cutmix_mode"] == "paddle"
+    with pytest.raises(ConfigError, match="mix.cutmix_mode must be spatial|paddle"):
+        load_config(None, ["mix.cutmix_mode=time"])
+
+
+def test_shipped_recipes_state_the_published_settings() -> None:
+    """The recipes load, and hold what docs/training.md says they reproduce."""
+    root = Path(__file__).resolve().parents[2] / "training" / "configs"
+    for name in ("pptimesformer_k400_8x224", "pptimesformer_k400_16x224", "pptimesformer_ucf101_8x224"):
+        cfg = load_config(root / f"{name}.yaml")
+        assert preprocess_spec(cfg, "train_preprocess").sampling == "paddle_train", name
+        val = preprocess_spec(cfg, "val_preprocess")
+        assert (val.short_side, val.crop_size, val.crops) == (256, 224, "center"), name
+        assert cfg["optimizer"]["nesterov"] and cfg["model"]["drop_path_rate"] == 0.1, name
+        assert cfg["mix"]["prob"] == 1.0 and cfg["mix"]["cutmix_mode"] == "spatial", name
+    official = load_config(root / "timesformer_k400_8x224.yaml")
+    assert official["optimizer"]["nesterov"] is True and official["model"]["drop_path_rate"] == 0.1
+    assert preprocess_spec(official, "train_preprocess").sampling == "paddle_train"
+    assert official["data"]["skip_failures"] is False

@@ -15,7 +15,6 @@ from training.data.datasets import (
     SeededDataset,
     VideoDataset,
     build_datasets,
-    collate_skip_failures,
     config_entries,
     sample_rng,
 )
@@ -120,30 +119,68 @@ def test_cache_matches_decoding(tiny_set: tuple[Path, list[VideoEntry]]) -> None
         assert torch.equal(cached_eval[i][0], plain_eval[i][0])
         assert torch.equal(cached_eval[i][0], plain_eval[i][0])  # second read: from the cache
     assert len(cached_eval._views) == len(entries) and not cached_eval._frames
-    loader = torch.utils.data.DataLoader(cached, batch_size=3, collate_fn=collate_skip_failures)
+    loader = torch.utils.data.DataLoader(cached, batch_size=3)
     views, labels = next(iter(loader))
     assert views.shape == (3, 1, 3, 4, 32, 32) and labels.tolist() == [0, 1, 0]
 
 
-def test_failures_are_reported_never_swapped(tiny_set: tuple[Path, list[VideoEntry]], tmp_path: Path) -> None:
+def test_failures_stop_or_are_skipped_and_counted(
+    tiny_set: tuple[Path, list[VideoEntry]], tmp_path: Path
+) -> None:
     root, entries = tiny_set
     (root / "broken.mp4").write_bytes(b"\x00" * 200)
-    bad = [*entries, VideoEntry("broken.mp4", 1)]
+    bad = [entries[0], VideoEntry("broken.mp4", 1), *entries[1:]]
     strict = VideoDataset(bad, root, EVAL, train=False)
     with pytest.raises(VideoDecodeError, match="broken.mp4"):
-        strict[3]
+        strict[1]
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        SeededDataset(strict, 0)[(1, 0)]
     lenient = VideoDataset(bad, root, EVAL, train=False, skip_failures=True)
-    assert lenient[3] is None
+    assert lenient[1] is None
     assert lenient.failures and lenient.failures[0][0] == "broken.mp4"
-    views, labels = collate_skip_failures([lenient[0], lenient[3]])
-    assert views.shape[0] == 1 and labels.tolist() == [0]
+    keyed = SeededDataset(lenient, 0)
+    x, y = keyed[(1, 0)]  # the next video of the list takes the broken one's place
+    assert torch.equal(x, lenient[2][0]) and y == bad[2].label
+    assert keyed.take_failures() == 1 and keyed.take_failures() == 0
+    # Counted across DataLoader worker processes too: two epochs' worth, read once.
+    loader = torch.utils.data.DataLoader(
+        keyed, batch_size=2, num_workers=2, sampler=[(i, 0) for i in range(4)] * 2
+    )
+    assert sum(b[0].shape[0] for b in loader) == 8
+    assert keyed.take_failures() == 2
+    # A list of nothing but broken files is an error, not an endless search.
+    (root / "broken2.mp4").write_bytes(b"junk")
+    hopeless = VideoDataset([VideoEntry("broken.mp4", 0), VideoEntry("broken2.mp4", 0)], root, EVAL,
+                            train=False, skip_failures=True)  # fmt: skip
+    with pytest.raises(VideoDecodeError, match="2 videos in a row failed"):
+        SeededDataset(hopeless, 0)[(0, 0)]
+
+
+def test_paddle_train_sampling_is_drawn_per_sample(tmp_path: Path) -> None:
+    """paddle_train is a random mode: training feeds it the (seed, epoch, index) RNG, evaluation none."""
+    from tests.utils_video import index_frames, level_to_index
+    from training.preprocessing.sampling import sample_indices
+
+    encode_video(tmp_path / "idx.mp4", index_frames(56, 32, 32), "h264", fps=5, gop=8)
+    spec = PreprocessSpec(num_frames=2, sampling="paddle_train", short_side=32, crop_size=32, crops="center")
+    ds = VideoDataset([VideoEntry("idx.mp4", 0)], tmp_path, spec, train=True, seed=0, single_view=True)
+    starts = set()
+    for epoch in range(6):
+        x, _ = ds.get(0, rng=sample_rng(0, epoch, 0))  # (3, T, H, W)
+        want = sample_indices(56, 5.0, spec, sample_rng(0, epoch, 0)).tolist()
+        assert [level_to_index(float(x[:, i].mean() * 255), 56) for i in range(2)] == want
+        starts.add(want[0])
+    assert len(starts) >= 4  # clip_sz 10.7 frames, start uniform in [0, 45.3]
+    centre = VideoDataset([VideoEntry("idx.mp4", 0)], tmp_path, spec, train=False, single_view=True)
+    x, _ = centre.get(0, rng=sample_rng(0, 1, 0))  # evaluation ignores the RNG: the centre window
+    assert [level_to_index(float(x[:, i].mean() * 255), 56) for i in range(2)] == [22, 31]
 
 
 def test_worker_processes_see_the_same_samples(tiny_set: tuple[Path, list[VideoEntry]]) -> None:
     root, entries = tiny_set
     ds = VideoDataset(entries, root, TRAIN, train=True, seed=1)
     ds.set_epoch(2)
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate_skip_failures)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2)
     got = [b[0][0] for b in loader]
     assert all(torch.equal(g, ds[i][0]) for i, g in enumerate(got))
     assert np.isfinite(torch.stack(got).numpy()).all()
@@ -196,3 +233,36 @@ def test_config_lists_and_datasets(tiny_set: tuple[Path, list[VideoEntry]]) -> N
         build_datasets(_data_cfg(root, "data.train_list=nope.list"))
     with pytest.raises(DatasetError, match="val_preprocess must give one view"):
         build_datasets(_data_cfg(root, "data.suffix=.mp4", "data.val_preprocess={crops: three}"))
+
+
+def test_training_skips_counts_and_reports_corrupt_videos(
+    tiny_set: tuple[Path, list[VideoEntry]], tmp_path: Path
+) -> None:
+    """One unreadable file in a real list: with data.skip_failures the run goes on and log.csv says how
+    many videos were replaced per epoch; without it the run stops naming the file."""
+    from test_train_loop import tiny_cfg
+
+    from training.train import train
+
+    root, entries = tiny_set
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 300)
+    lines = [f"{e.path} {e.label}" for e in entries]
+    (root / "skip_train.list").write_text("\n".join([lines[0], "corrupt.mp4 1", *lines[1:]]) + "\n")
+    (root / "skip_val.list").write_text("\n".join(["corrupt.mp4 0", *lines]) + "\n")
+    data = [
+        f"data.root={root}",
+        "data.train_list=skip_train.list",
+        "data.val_list=skip_val.list",
+        "data.train_preprocess={num_frames: 4, crop_size: 32, short_side: 32, sampling: segment, "
+        "crops: random}",
+        "data.val_preprocess={crops: center, short_side: 32}",
+    ]
+    with pytest.raises(VideoDecodeError, match="corrupt.mp4"):
+        train(tiny_cfg(tmp_path / "strict", epochs=1, batch=2, global_batch=4, extra=data))
+    cfg = tiny_cfg(
+        tmp_path / "skip", epochs=2, batch=2, global_batch=4, extra=[*data, "data.skip_failures=true"]
+    )
+    metrics = train(cfg)
+    assert metrics["train_failures"] == 1 and metrics["val_failures"] == 1  # per epoch, not cumulative
+    header = (tmp_path / "skip" / "log.csv").read_text().splitlines()[0].split(",")
+    assert "train_failures" in header and "val_failures" in header

@@ -51,3 +51,54 @@ def test_weight_zero_equals_plain_training_and_teacher_changes_it(tmp_path: Path
     assert kd["train_loss"] != plain["train_loss"]
     c = _weights(tmp_path / "kd")
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_teacher_gets_clips_in_its_own_normalisation(tmp_path: Path) -> None:
+    """A PaddleVideo student (RGB/255) distilled from an official-normalised teacher (0.45/0.225): the
+    teacher must see exactly what it would see from its own preprocessing."""
+    from training.modeling.checkpoint import load_checkpoint
+    from training.modeling.weights import Renormalised, load_teacher
+    from training.preprocessing.spec import PADDLE_MEAN, PADDLE_STD, PreprocessSpec
+
+    official = PreprocessSpec(
+        num_frames=4, short_side=32, crop_size=32, mean=(0.45, 0.4, 0.5), std=(0.225, 0.2, 0.25)
+    )
+    student = official.replace(mean=PADDLE_MEAN, std=PADDLE_STD)
+    path = make_tiny_checkpoint(
+        tmp_path / "teacher.pt", num_classes=3, num_frames=4, img_size=32, spec=official
+    )
+    rgb = torch.rand(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))  # 0..1
+    x_student = (rgb - torch.tensor(student.mean).view(1, 3, 1, 1, 1)) / torch.tensor(student.std).view(
+        1, 3, 1, 1, 1
+    )
+    x_teacher = (rgb - torch.tensor(official.mean).view(1, 3, 1, 1, 1)) / torch.tensor(official.std).view(
+        1, 3, 1, 1, 1
+    )
+    raw = load_checkpoint(path).build_model()
+    teacher = load_teacher(path, torch.device("cpu"), student)
+    assert isinstance(teacher, Renormalised) and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        want = raw(x_teacher)
+        torch.testing.assert_close(teacher(x_student), want, atol=1e-5, rtol=0)
+        assert (raw(x_student) - want).abs().max() > 1e-2  # what feeding the student's clip did before
+    same = load_teacher(path, torch.device("cpu"), official)  # same statistics: no wrapper, no arithmetic
+    assert not isinstance(same, Renormalised)
+
+
+def test_mmaction_teacher_defaults_to_its_127_5_normalisation(tmp_path: Path) -> None:
+    from test_convert import to_mmaction
+
+    from tests.utils_model import tiny_model
+    from training.modeling.weights import import_checkpoint
+
+    sd = to_mmaction(tiny_model(3, 4, 32).state_dict(), divided=True)
+    torch.save({"state_dict": sd}, tmp_path / "m.pth")
+    spec = import_checkpoint(tmp_path / "m.pth", num_heads=3).preprocess
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
+    sd["data_preprocessor.mean"] = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1, 1)
+    sd["data_preprocessor.std"] = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1, 1)
+    torch.save({"state_dict": sd}, tmp_path / "m2.pth")
+    spec = import_checkpoint(tmp_path / "m2.pth", num_heads=3).preprocess
+    assert spec.mean == pytest.approx((0.485, 0.456, 0.406)) and spec.std == pytest.approx(
+        (0.229, 0.224, 0.225)
+    )

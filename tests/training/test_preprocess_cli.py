@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.utils_video import encode_video, index_frames
+from tests.utils_video import encode_video, index_frames, level_to_index
 from training.preprocess import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,3 +50,25 @@ def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
     video = encode_video(tmp_path / "h.mp4", index_frames(10), "h264")
     assert main([str(video), "-o", str(tmp_path / "x.npy"), "--backend", "dali"]) == 2
     assert main([str(video), "-o", str(tmp_path / "x.npy"), "--short-side", "16", "--crop-size", "32"]) == 2
+
+
+def test_cli_paddle_train_prints_seeded_random_windows(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``--sampling paddle_train --seed S``: PaddleVideo's training window, the same for the same seed."""
+    from training.preprocessing.sampling import paddle_clip_size
+
+    video = encode_video(tmp_path / "v.mp4", index_frames(56, 32, 32), "h264", fps=5, gop=12)
+    clip_sz = paddle_clip_size(4, 5.0)  # 21.33 frames: delta = 34.67
+    window = np.linspace(0, clip_sz - 1, 4).astype(np.int64)
+    starts = set()
+    for seed in range(12):
+        args = [str(video), "-o", str(tmp_path / "o.npy"), "--num-frames", "4", "--short-side", "32"]
+        assert main([*args, "--crop-size", "32", "--sampling", "paddle_train", "--seed", str(seed)]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("indices:"))
+        idx = np.array([int(v) for v in line.split()[1:]])
+        start = np.random.default_rng(seed).uniform(0, 56 - clip_sz)
+        assert idx.tolist() == (int(start) + window).tolist()
+        starts.add(int(idx[0]))
+        frames = np.load(tmp_path / "o.npy")[0]  # (3, T, H, W): the decoded frames are the printed ones
+        got = [level_to_index(float(frames[:, i].mean() * 255), 56) for i in range(4)]
+        assert got == idx.tolist()
+    assert len(starts) >= 6

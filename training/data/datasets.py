@@ -6,8 +6,10 @@ File and label lists are read by :mod:`training.data.lists`.
 from ``(seed, epoch, index)`` only (:func:`sample_rng`), so a sample is the same whichever worker loads it
 and a resumed run sees the same data; :class:`SeededDataset` feeds it the ``(index, epoch)`` keys of
 :class:`training.loop.distributed.ResumableSampler`. A video that fails to decode raises (naming path and
-reason), or with ``skip_failures=True`` is logged, recorded in ``failures`` and dropped from the batch by
-:func:`collate_skip_failures` -- never silently replaced by another video.
+reason). With ``skip_failures=True`` (config ``data.skip_failures``, off by default) it is logged and
+recorded in ``failures``, and :class:`SeededDataset` takes the next video of the list in its place (as
+PaddleVideo retries another video), counting the failure in a counter shared with the DataLoader's worker
+processes, which the training loop reads and reports once per epoch.
 
 :func:`build_datasets` and :func:`config_entries` read the ``data`` section of a training config
 (``training.config``) into these objects.
@@ -26,7 +28,7 @@ import torch
 
 from training.data.lists import DatasetError, VideoEntry, read_file_list, read_label_list
 from training.preprocessing.sampling import sample_indices
-from training.preprocessing.spec import PreprocessSpec
+from training.preprocessing.spec import RANDOM_SAMPLING_MODES, PreprocessSpec
 from training.preprocessing.decode import (
     DecodeLimits,
     VideoDecodeError,
@@ -55,8 +57,8 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def _is_random(spec: PreprocessSpec) -> bool:
-    """Whether ``spec`` draws from an RNG at all (segment sampling, random scale/crop/flip)."""
-    return spec.crops == "random" or spec.sampling == "segment"
+    """Whether ``spec`` draws from an RNG at all (segment / paddle_train sampling, random scale/crop/flip)."""
+    return spec.crops == "random" or spec.sampling in RANDOM_SAMPLING_MODES
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -168,40 +170,56 @@ class VideoDataset(torch.utils.data.Dataset):
         return self.get(index, sample_rng(self.seed, self.epoch, index) if self.train else None)
 
 
+# How many videos in a row may fail before a skipping dataset gives up (a broken data root, not a few
+# corrupt files).
+MAX_CONSECUTIVE_FAILURES = 16
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """Turns ``(index, epoch)`` keys from :class:`training.loop.distributed.ResumableSampler` into samples whose
     random augmentation comes from :func:`sample_rng` (seed, epoch, index): reproducible across resumes,
     worker counts and world sizes. The base dataset must offer ``get(index, rng) -> (clip, label)`` (as
-    :class:`VideoDataset` does); one without random augmentation may instead be indexable."""
+    :class:`VideoDataset` does); one without random augmentation may instead be indexable.
+
+    A base that skips failures returns None for a video that did not decode; the sample of key
+    ``(index, epoch)`` is then the next index's (with that index's draws), and :meth:`take_failures`
+    counts it -- the counter is shared memory, so failures in DataLoader workers are counted too."""
 
     def __init__(self, base: Any, seed: int) -> None:
+        import multiprocessing
+
         self.base, self.seed = base, int(seed)
+        self._failed = multiprocessing.get_context().Value("q", 0)  # failures since take_failures()
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def take_failures(self) -> int:
+        """Failed videos replaced since the last call (in every worker process); resets the count."""
+        with self._failed.get_lock():
+            n, self._failed.value = int(self._failed.value), 0
+        return n
+
+    def _sample(self, index: int, epoch: int) -> tuple[torch.Tensor, int] | None:
+        if hasattr(self.base, "get"):
+            return self.base.get(index, rng=sample_rng(self.seed, epoch, index))
+        return self.base[index]
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key
-        if hasattr(self.base, "get"):
-            sample = self.base.get(index, rng=sample_rng(self.seed, epoch, index))
-        else:
-            sample = self.base[index]
-        if sample is None:  # only a base that skips failures returns None; it has logged the reason
-            raise VideoDecodeError(f"sample {index} failed to load and cannot be skipped here")
+        sample = self._sample(index, epoch)
+        tried = 0
+        while sample is None:  # only a base that skips failures returns None; it has logged the reason
+            tried += 1
+            with self._failed.get_lock():
+                self._failed.value += 1
+            if tried >= min(MAX_CONSECUTIVE_FAILURES, len(self.base)):
+                raise VideoDecodeError(
+                    f"{tried} videos in a row failed to load from sample {index} on: is data.root right?"
+                )
+            sample = self._sample((index + tried) % len(self.base), epoch)
         clip, label = sample
         return torch.as_tensor(clip), int(label)
-
-
-def collate_skip_failures(
-    batch: list[tuple[torch.Tensor, int] | None],
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Stack the samples that decoded; failed ones (``None``, already logged) are left out, not replaced."""
-    ok = [b for b in batch if b is not None]
-    if not ok:
-        return None
-    views = torch.stack([v for v, _ in ok])  # (B, V, 3, T, H, W)
-    labels = torch.tensor([label for _, label in ok], dtype=torch.long)
-    return views, labels
 
 
 # ---- the data section of a training config ---------------------------------------------------------
@@ -248,7 +266,9 @@ def build_datasets(cfg: dict[str, Any]) -> tuple[VideoDataset, VideoDataset, lis
             "data.val_preprocess must give one view (crops: center); three-crop testing is training.test"
         )
     data = cfg["data"]
-    kw: dict[str, Any] = dict(single_view=True, cache=bool(data["cache"]))
+    kw: dict[str, Any] = dict(
+        single_view=True, cache=bool(data["cache"]), skip_failures=bool(data["skip_failures"])
+    )
     train_set = VideoDataset(
         train_e, data["root"], preprocess_spec(cfg, "train_preprocess"), train=True, seed=cfg["seed"], **kw
     )

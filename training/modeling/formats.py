@@ -10,8 +10,14 @@ Formats (``--format`` of ``python -m training.convert``):
   weights as (in, out): every 2-D weight is transposed.
 * ``mmaction``  -- mmaction2 ``TimeSformer`` checkpoints (``backbone.transformer_layers.layers.{i}.*``, mmcv
   transformer layers with ``nn.MultiheadAttention``; see :data:`MMACTION_BLOCK_MAP`).
-* ``vit-image`` -- ImageNet ViT weights (timm keys) used as the starting point for video training; see
-  :func:`inflate_image_weights`.
+* ``vit-image`` -- ImageNet ViT weights used as the starting point for video training; see
+  :func:`inflate_image_weights`. timm's ``.pth``/``.safetensors`` (e.g. ``vit_base_patch16_224_in21k_miil``)
+  and Paddle image ``.pdparams`` (PaddleClas's ``ViT_base_patch16_224_pretrained``, PaddleVideo's MIIL 21k
+  file): the same timm-style names, but Linear weights stored (in, out) and transposed here.
+* ``hf``        -- Hugging Face ``TimesformerForVideoClassification`` (``save_pretrained`` folders,
+  safetensors or ``pytorch_model.bin``); see :mod:`training.modeling.hf`.
+
+Safetensors files of any of these layouts are read with the ``safetensors`` package (no pickle).
 
 Everything the tensors say is inferred (:func:`infer_model_config`): width, depth, patch and image size, frame
 count, class count, qkv bias, MLP ratio and attention type. The head count and, for ``space_only``, the frame
@@ -37,7 +43,7 @@ import torch.nn.functional as F
 
 from training.modeling.model import ATTENTION_TYPES, TimeSformer, resize_time_embed_nearest
 
-FORMATS = ("official", "paddle", "mmaction", "vit-image")
+FORMATS = ("official", "paddle", "mmaction", "vit-image", "hf")
 PADDLE_SKIP_KEY = "StructuredToParameterName@@"
 # What torch's legacy (pre-zip) serialization writes as its first pickle.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -122,7 +128,9 @@ def read_checkpoint_file(path: str | Path) -> Any:
     """Load a checkpoint file of any supported kind without ever executing code from it.
 
     A zip file is a torch checkpoint (``torch.load(weights_only=True)``); a pickle is a ``.pdparams``
-    (restricted unpickler) or a legacy torch file (recognised by its magic number). Anything else is refused.
+    (restricted unpickler) or a legacy torch file (recognised by its magic number); a safetensors file (an
+    8-byte header length, then a JSON header) is read by the ``safetensors`` package. Anything else is
+    refused.
     """
     path = Path(path)
     if not path.exists():
@@ -155,6 +163,10 @@ def read_checkpoint_file(path: str | Path) -> Any:
                     f"{path}: corrupt legacy torch checkpoint ({type(exc).__name__}: {exc})"
                 ) from exc
         return obj
+    if len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data):
+        from training.modeling.hf import read_safetensors
+
+        return read_safetensors(path)
     raise ConvertError(
         f"{path}: not a checkpoint (neither a torch zip archive nor a pickle; starts {data[:8]!r})"
     )
@@ -202,12 +214,18 @@ def detect_format(sd: Mapping[str, Any], container: str = "bare") -> str:
     an official ``space_only`` model looks the same but is saved under ``model_state`` by the official code
     (pass ``--format official`` for a bare one).
     """
+    from training.modeling.hf import is_hf_keys
+
     keys = list(sd)
+    if is_hf_keys(keys):
+        return "hf"
     if any(k.startswith("backbone.transformer_layers.") for k in keys):
         return "mmaction"
-    if any(isinstance(v, np.ndarray) for v in sd.values()) or any(
-        k.startswith(("backbone.blocks.", "head.fc.")) for k in keys
-    ):
+    is_numpy = any(isinstance(v, np.ndarray) for v in sd.values())  # a Paddle pickle
+    temporal = "time_embed" in sd or any(".temporal_" in k for k in keys)
+    if is_numpy and not temporal and "cls_token" in sd and any(k.startswith("blocks.") for k in keys):
+        return "vit-image"  # Paddle image weights (PaddleClas / PaddleVideo's ImageNet ViT)
+    if is_numpy or any(k.startswith(("backbone.blocks.", "head.fc.")) for k in keys):
         return "paddle"
     if container == "model_state" or "time_embed" in sd or any(".temporal_" in k for k in keys):
         return "official"
@@ -560,10 +578,17 @@ def resize_pos_embed_bilinear(pos_embed: torch.Tensor, grid: int) -> torch.Tenso
 
 
 def normalize_image_state_dict(image_sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """timm/official ViT image weights -> tensors with native names; returns (weights, dropped keys)."""
+    """timm/official ViT image weights -> tensors with native names; returns (weights, dropped keys).
+
+    Paddle image weights (``.pdparams``: numpy arrays under the same timm-style names) store every Linear
+    weight as (in, out); those 2-D weights are transposed to PyTorch's (out, in), as for Paddle videos.
+    """
     sd, _ = unwrap_state_dict(image_sd, "image weights")
+    paddle_layout = any(isinstance(v, np.ndarray) for v in sd.values())
     dropped = [k for k in sd if k.startswith("pre_logits.")]  # 21k ViT's extra head layer: not used
     sd = {k: _to_tensor(k, v) for k, v in sd.items() if k not in dropped}
+    if paddle_layout:
+        sd = {k: v.t().contiguous() if k.endswith(".weight") and v.ndim == 2 else v for k, v in sd.items()}
     return conv_filter(sd), dropped
 
 

@@ -1,10 +1,11 @@
 """One way to load any weights.
 
 :func:`import_checkpoint` turns a published checkpoint (official ``.pyth``, PaddleVideo ``.pdparams``,
-mmaction2, ImageNet ViT image weights) into a native :class:`Checkpoint`; :func:`load_any_checkpoint` takes a
-native checkpoint or any of those; :func:`load_pretrained` initialises a model from any of them (image
-weights inflated); :func:`build_model` makes a configured model (factory + pretrained + from-scratch inits).
-The format readers themselves live in :mod:`training.modeling.formats`.
+mmaction2, Hugging Face folders, ImageNet ViT image weights from timm or Paddle) into a native
+:class:`Checkpoint`; :func:`load_any_checkpoint` takes a native checkpoint or any of those;
+:func:`load_pretrained` initialises a model from any of them (image weights inflated); :func:`build_model`
+makes a configured model (factory + pretrained + from-scratch inits). The format readers themselves live in
+:mod:`training.modeling.formats` and :mod:`training.modeling.hf`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from training.modeling.formats import (
     resize_time_embed_for,
     unwrap_state_dict,
 )
+from training.modeling.hf import hf_model_options, hf_preprocess_options, hf_to_native, read_hf
 from training.modeling.model import TimeSformer
 from training.preprocessing.spec import (
     PADDLE_MEAN,
@@ -45,24 +47,40 @@ from training.preprocessing.spec import (
     PreprocessSpec,
 )
 
-_TO_NATIVE = {"official": official_to_native, "paddle": paddle_to_native, "mmaction": mmaction_to_native}
+_TO_NATIVE = {
+    "official": official_to_native,
+    "paddle": paddle_to_native,
+    "mmaction": mmaction_to_native,
+    "hf": lambda sd: official_to_native(hf_to_native(sd)),
+}
+# config.json facts that the tensors also tell: a disagreement means the folder is inconsistent.
+_HF_CHECKED = ("embed_dim", "depth", "patch_size", "img_size", "num_frames", "qkv_bias", "attention_type")
 
 
-def _sha256(path: Path) -> str:
+def _sha256(*paths: Path) -> str:
+    """One digest over the bytes of ``paths`` in order (several for sharded weights)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+
+def _pick(flag: Any, from_file: Any, default: Any, what: str, source: str) -> Any:
+    """A setting given on the command line and/or in the checkpoint's own config: they must agree."""
+    if flag is not None and from_file is not None and flag != from_file:
+        raise ConvertError(f"{source}: {what} {flag!r} given, but the checkpoint's config says {from_file!r}")
+    return flag if flag is not None else from_file if from_file is not None else default
 
 
 def import_checkpoint(
     src: str | Path,
     *,
     fmt: str = "auto",
-    num_heads: int = 12,
+    num_heads: int | None = None,
     num_frames: int | None = None,
-    ln_eps: float = 1e-6,
+    ln_eps: float | None = None,
     labels: str | Path | Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -76,7 +94,10 @@ def import_checkpoint(
     ``num_frames`` sets the frame count of weights that carry none (space_only, image weights) and otherwise
     resizes ``time_embed`` with the official nearest rule. ``num_classes`` different from the weights' (or
     weights without a head) gives a fresh, seeded head. ``attention_type`` and ``img_size`` apply to
-    ``vit-image`` only. Raises :class:`ConvertError` for every unusable input.
+    ``vit-image`` only. ``num_heads`` (default 12) and ``ln_eps`` (default 1e-6) are not recorded by any
+    tensor; a Hugging Face folder (``src`` a directory, or ``fmt="hf"``) states them, with the frame count,
+    label names and mean/std, in its ``config.json`` / ``preprocessor_config.json``. Raises
+    :class:`ConvertError` for every unusable input.
     """
     src = Path(src)
     if fmt != "auto" and fmt not in FORMATS:
@@ -85,8 +106,23 @@ def import_checkpoint(
         raise ConvertError(f"num_frames must be a positive integer, got {num_frames!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ConvertError(f"num_classes must be a positive integer, got {num_classes!r}")
-    raw, container = unwrap_state_dict(read_checkpoint_file(src), str(src))
-    fmt = detect_format(raw, container) if fmt == "auto" else fmt
+    hf_opts: dict[str, Any] = {}
+    hf_pre: dict[str, Any] = {}
+    sources = [src]
+    if src.is_dir() and fmt not in ("auto", "hf"):
+        raise ConvertError(f"{src}: a folder is read as a Hugging Face checkpoint (--format hf), not {fmt}")
+    if src.is_dir():
+        fmt = "hf"
+    else:
+        raw, container = unwrap_state_dict(read_checkpoint_file(src), str(src))
+        fmt = detect_format(raw, container) if fmt == "auto" else fmt
+    if fmt == "hf":
+        hf = read_hf(src)
+        raw, container, sources = hf.state_dict, "hf", hf.weight_files
+        hf_opts = hf_model_options(hf.config, str(src))
+        hf_pre = hf_preprocess_options(hf.processor, str(src))
+    num_heads = _pick(num_heads, hf_opts.get("num_heads"), 12, "num_heads", str(src))
+    ln_eps = _pick(ln_eps, hf_opts.get("ln_eps"), 1e-6, "ln_eps", str(src))
     notes: list[str] = []
 
     torch.manual_seed(seed)  # fresh tensors (new head, image-weight model init) are reproducible
@@ -111,6 +147,11 @@ def import_checkpoint(
         except ConvertError as exc:
             raise ConvertError(f"{src}: {exc}") from exc
         cfg = infer_model_config(native, num_heads=num_heads, num_frames=num_frames, ln_eps=ln_eps)
+        for key in _HF_CHECKED:
+            if key in hf_opts and hf_opts[key] != cfg[key]:
+                raise ConvertError(
+                    f"{src}: config.json says {key} = {hf_opts[key]!r}, the weights {cfg[key]!r}"
+                )
         if num_frames is not None and "time_embed" in native and num_frames != cfg["num_frames"]:
             notes.append(f"time_embed resized {cfg['num_frames']} -> {num_frames} frames (nearest)")
             native = resize_time_embed_for(native, num_frames)
@@ -128,11 +169,18 @@ def import_checkpoint(
     default_mean, default_std = (
         (PADDLE_MEAN, PADDLE_STD) if fmt == "paddle" else (TIMESFORMER_MEAN, TIMESFORMER_STD)
     )
+    if fmt == "mmaction":
+        default_mean, default_std = _mmaction_mean_std(raw)
+    default_mean, default_std = hf_pre.get("mean", default_mean), hf_pre.get("std", default_std)
+    if hf_pre.get("crop_size", cfg["img_size"]) != cfg["img_size"]:
+        crop, size = hf_pre["crop_size"], cfg["img_size"]
+        notes.append(f"preprocessor crop {crop} ignored: the model's image size is {size}")
+    short_side = max(int(hf_pre.get("short_side", cfg["img_size"])), cfg["img_size"])
     try:
         spec = PreprocessSpec(
             num_frames=cfg["num_frames"],
             sampling="paddle" if fmt == "paddle" else "uniform",
-            short_side=cfg["img_size"],
+            short_side=short_side,
             crop_size=cfg["img_size"],
             crops="three",
             mean=tuple(mean) if mean is not None else default_mean,
@@ -146,12 +194,17 @@ def import_checkpoint(
         names = read_label_file(labels) if isinstance(labels, (str, Path)) else [str(x) for x in labels]
         if len(names) != cfg["num_classes"]:
             raise ConvertError(f"{len(names)} labels for {cfg['num_classes']} classes in the weights")
+    elif "labels" in hf_opts:
+        names = hf_opts["labels"]  # id2label
+        if len(names) != cfg["num_classes"]:
+            notes.append(f"config.json id2label ({len(names)}) ignored for {cfg['num_classes']} classes")
+            names = None
 
     meta: dict[str, Any] = {
         "source": str(src),
         "source_format": fmt,
         "source_container": container,
-        "source_sha256": _sha256(src),
+        "source_sha256": _sha256(*sources),
         "converted_by": "training.convert",
         "notes": notes,
     }
@@ -164,6 +217,26 @@ def import_checkpoint(
     )
 
 
+# mmaction2's TimeSformer configs normalise with mean = std = 127.5 on the 0..255 scale.
+MMACTION_MEAN = MMACTION_STD = (0.5, 0.5, 0.5)
+
+
+def _mmaction_mean_std(raw: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mmaction2's normalisation on the 0..1 scale: its data preprocessor's buffers when the checkpoint
+    holds them (0..255 scale), else its TimeSformer configs' 127.5 / 127.5."""
+    out = []
+    for key, default in (("mean", MMACTION_MEAN), ("std", MMACTION_STD)):
+        v = raw.get(f"data_preprocessor.{key}")
+        if v is None:
+            out.append(default)
+            continue
+        flat = torch.as_tensor(v, dtype=torch.float64).flatten()
+        if flat.numel() != 3:
+            raise ConvertError(f"data_preprocessor.{key}: expected 3 channel values, got {flat.numel()}")
+        out.append(tuple(float(x) / 255.0 for x in flat))
+    return out[0], out[1]
+
+
 def load_any_checkpoint(path: str | Path) -> Checkpoint:
     """A native checkpoint, or one in another format (official .pyth, PaddleVideo .pdparams, mmaction2)
     imported through ``training.convert.import_checkpoint``."""
@@ -171,7 +244,7 @@ def load_any_checkpoint(path: str | Path) -> Checkpoint:
     try:
         return load_checkpoint(path)
     except CheckpointError as native_error:
-        if not path.is_file():
+        if not path.exists():
             raise
 
         try:
@@ -190,6 +263,23 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
     differs); video weights load by name with ``time_embed`` resized to the model's frame count. A head of
     another class count is left at its fresh init (fine-tuning); any other mismatch is an error.
     """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model.pretrained: {path}: no such file")
+    try:
+        native = load_checkpoint(path).state_dict
+    except CheckpointError:
+        if path.is_dir():  # a Hugging Face folder
+            native = load_any_checkpoint(path).state_dict
+        else:
+            native = _image_or_video_weights(model, path)
+        if native is None:
+            return
+    _load_video_weights(model, native, path)
+
+
+def _image_or_video_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor] | None:
+    """Inflate image weights into ``model`` (returns None), or read video weights of any format."""
     from training.modeling.formats import (
         detect_format,
         inflate_image_weights,
@@ -197,18 +287,16 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
         unwrap_state_dict,
     )
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model.pretrained: {path}: no such file")
-    try:
-        native = load_checkpoint(path).state_dict
-    except CheckpointError:
-        raw, container = unwrap_state_dict(read_checkpoint_file(path), str(path))
-        if detect_format(raw, container) == "vit-image":
-            report = inflate_image_weights(raw, model)
-            print(f"pretrained: {path}: {report.summary()}", flush=True)
-            return
-        native = load_any_checkpoint(path).state_dict
+    raw, container = unwrap_state_dict(read_checkpoint_file(path), str(path))
+    if detect_format(raw, container) == "vit-image":
+        report = inflate_image_weights(raw, model)
+        print(f"pretrained: {path}: {report.summary()}", flush=True)
+        return None
+    return load_any_checkpoint(path).state_dict
+
+
+def _load_video_weights(model: nn.Module, native: dict[str, torch.Tensor], path: Path) -> None:
+    """Video weights by name, ``time_embed`` resized; a head of another size keeps its fresh init."""
     from training.modeling.formats import resize_time_embed_for
 
     own = model.state_dict()
@@ -282,9 +370,44 @@ def sincos_1d(n: int, dim: int) -> torch.Tensor:
     return torch.cat([out, torch.zeros(n, dim - 2 * half)], dim=1)  # (n, dim)
 
 
-def load_teacher(path: str | Path, device: torch.device) -> nn.Module:
-    """A frozen teacher in eval mode from any importable checkpoint."""
-    teacher = load_any_checkpoint(path).build_model().to(device)
+class Renormalised(nn.Module):
+    """Feeds ``model`` clips normalised with its own mean/std when the caller's differ.
+
+    A clip normalised as ``x = (rgb - m_in) / s_in`` becomes ``(rgb - m) / s = x * s_in / s + (m_in - m) / s``
+    per channel: one multiply-add, exact up to float rounding, with no need for the raw pixels.
+    """
+
+    def __init__(self, model: nn.Module, input_spec: PreprocessSpec, model_spec: PreprocessSpec) -> None:
+        super().__init__()
+        self.model = model
+        m_in, s_in = torch.tensor(input_spec.mean), torch.tensor(input_spec.std)
+        m, s = torch.tensor(model_spec.mean), torch.tensor(model_spec.std)
+        self.register_buffer("scale", (s_in / s).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((m_in - m) / s).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)  # x (B, 3, T, H, W) -> logits (B, K)
+
+
+def load_teacher(
+    path: str | Path, device: torch.device, input_spec: PreprocessSpec | None = None
+) -> nn.Module:
+    """A frozen teacher in eval mode from any importable checkpoint.
+
+    With ``input_spec`` (the student's training spec: how the clips it is fed are normalised), a teacher
+    whose own spec has another mean/std -- the official model's 0.45/0.225 or mmaction2's 127.5 under a
+    PaddleVideo student's RGB/255 -- gets each clip renormalised to its own statistics first.
+    """
+    ckpt = load_any_checkpoint(path)
+    teacher: nn.Module = ckpt.build_model()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher.eval()
+    own = ckpt.preprocess
+    if input_spec is not None and (own.mean, own.std) != (input_spec.mean, input_spec.std):
+        print(
+            f"distill: teacher {path} expects mean {list(own.mean)} std {list(own.std)}; clips normalised "
+            f"with mean {list(input_spec.mean)} std {list(input_spec.std)} are renormalised for it",
+            flush=True,
+        )
+        teacher = Renormalised(teacher, input_spec, own)
+    return teacher.to(device).eval()

@@ -15,6 +15,15 @@ Modes (``PreprocessSpec.sampling``):
     order, in float64), ``idx = int64(clip(linspace(0, clip_sz-1, T), 0, L-1)) % L``. It covers a window
     of about 8.5 s (T=8) from the start of the video, not the whole video; short videos repeat their last
     frame.
+``paddle_train``
+    PaddleVideo's PP-TimeSformer train (and valid) rule: ``VideoDecoder(backend='pyav', mode='train')`` with
+    ``get_start_end_idx(clip_idx=-1)`` draws a start ``s`` uniformly in ``[0, max(L - clip_sz, 0)]`` (same
+    ``clip_sz`` as ``paddle``), decodes the window that begins there, and the sampler spreads T frames over
+    it as in test mode: ``idx = start + int64(linspace(0, clip_sz-1, T))``, clipped to ``[0, L-1]``. The
+    window begins on a whole frame, ``start = floor(s)`` (PaddleVideo decodes from the frame at the start's
+    timestamp; flooring keeps the window inside the video). Videos shorter than ``clip_sz`` always start at
+    0 and repeat their last frame, exactly like ``paddle``. Draws come from ``rng``; without one the centre
+    window is taken (``start = floor(delta / 2)``), as ``segment`` falls back to segment centres.
 ``segment``
     TSN-style: the video is cut into T equal segments and one index is drawn uniformly inside each segment
     from ``rng`` (training); without ``rng`` the centre of each segment is taken (evaluation).
@@ -65,6 +74,21 @@ def paddle_indices(total_frames: int, num_frames: int, fps: float) -> np.ndarray
     return offsets % total_frames
 
 
+def paddle_train_indices(
+    total_frames: int, num_frames: int, fps: float, rng: np.random.Generator | None
+) -> np.ndarray:
+    """PaddleVideo's training-time window: a random start in ``[0, max(L - clip_sz, 0)]`` (one
+    ``rng.uniform`` draw), then ``paddle``'s linspace over ``clip_sz`` frames from there."""
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"paddle_train sampling needs a positive frame rate, got fps={fps!r}")
+    clip_sz = paddle_clip_size(num_frames, fps)
+    delta = max(total_frames - clip_sz, 0.0)
+    s = float(rng.uniform(0.0, delta)) if rng is not None else delta / 2.0
+    start = math.floor(s)
+    offsets = np.linspace(0.0, clip_sz - 1, num_frames).astype(np.int64)  # (T,) within the window
+    return np.minimum(start + offsets, total_frames - 1).astype(np.int64)
+
+
 def segment_indices(total_frames: int, num_frames: int, rng: np.random.Generator | None) -> np.ndarray:
     """One index per equal segment: random inside it with ``rng``, its centre without."""
     edges = np.linspace(0.0, float(total_frames), num_frames + 1)  # (T+1,) segment borders
@@ -86,7 +110,8 @@ def sample_indices(
 ) -> np.ndarray:
     """Frame indices (int64, shape ``(spec.num_frames,)``) for a video of ``total_frames`` decoded frames.
 
-    ``fps`` is only used by ``paddle`` sampling; ``rng`` only by ``segment`` sampling.
+    ``fps`` is only used by ``paddle`` and ``paddle_train`` sampling; ``rng`` only by the random modes,
+    ``segment`` and ``paddle_train``.
     """
     if isinstance(total_frames, bool) or not isinstance(total_frames, (int, np.integer)):
         raise ValueError(f"total_frames must be an integer, got {total_frames!r}")
@@ -98,6 +123,8 @@ def sample_indices(
         return uniform_indices(total_frames, t)
     if spec.sampling == "paddle":
         return paddle_indices(total_frames, t, float(fps))
+    if spec.sampling == "paddle_train":
+        return paddle_train_indices(total_frames, t, float(fps), rng)
     if spec.sampling == "segment":
         return segment_indices(total_frames, t, rng)
     raise ValueError(f"unknown sampling mode {spec.sampling!r}")

@@ -13,7 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SAMPLING_MODES = ("uniform", "paddle", "segment")
+SAMPLING_MODES = ("uniform", "paddle", "paddle_train", "segment")
+# Modes that draw from an RNG when one is given (training); without one they fall back to a fixed choice.
+RANDOM_SAMPLING_MODES = ("paddle_train", "segment")
 CROP_MODES = ("three", "center", "random")
 
 # PaddleVideo's PP-TimeSformer feeds RGB/255 unnormalised; the original TimeSformer uses 0.45/0.225.
@@ -39,8 +41,9 @@ class PreprocessSpec:
 
     num_frames: frames sampled per view (T).
     sampling: ``uniform`` (linspace first..last frame), ``paddle`` (PaddleVideo's test-time window of
-        ``32*num_frames/30*fps`` frames from the start) or ``segment`` (TSN-style random index per segment,
-        for training).
+        ``32*num_frames/30*fps`` frames from the start), ``paddle_train`` (PaddleVideo's training rule: the
+        same window length at a random start, for training) or ``segment`` (TSN-style random index per
+        segment, for training).
     short_side: the frame's short side is scaled to this (bilinear, no antialias). ``short_side_max``, when
         set, makes it a random integer in ``[short_side, short_side_max]`` per clip (training: 256..320).
     crop_size: square crop edge (H = W).

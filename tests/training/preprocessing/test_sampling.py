@@ -87,3 +87,52 @@ def test_bad_arguments() -> None:
         sample_indices(10, 0.0, _spec("paddle"))
     with pytest.raises(ValueError, match="integer"):
         sample_indices(2.5, 25.0, _spec("uniform"))  # type: ignore[arg-type]
+
+
+def _paddle_train_rule(total: int, fps: float, t: int, start: float) -> list[int]:
+    """PaddleVideo's train mode written out: window of clip_sz frames from ``start``, then the sampler's
+    linspace + int64 inside it (``get_start_end_idx`` hands the sampler 0 .. clip_sz-1 of the window)."""
+    clip_sz = 32 * t / 30 * fps
+    window = np.linspace(0, clip_sz - 1, t).astype(np.int64)
+    return np.minimum(int(start) + window, total - 1).tolist()
+
+
+@pytest.mark.parametrize("fps", [25.0, 29.97, 30.0])
+@pytest.mark.parametrize("total", [300, 600, 214])
+@pytest.mark.parametrize("t", [8, 16])
+def test_paddle_train_follows_the_rule(fps: float, total: int, t: int) -> None:
+    spec = _spec("paddle_train", t)
+    clip_sz = paddle_clip_size(t, fps)
+    delta = max(total - clip_sz, 0.0)
+    starts = []
+    for seed in range(200):
+        # The same single uniform draw PaddleVideo makes, from a generator seeded the same way.
+        s = np.random.default_rng(seed).uniform(0.0, delta)
+        got = sample_indices(total, fps, spec, np.random.default_rng(seed))
+        assert got.dtype == np.int64 and got.shape == (t,)
+        assert got.tolist() == _paddle_train_rule(total, fps, t, s)
+        assert 0 <= got[0] <= delta and got[-1] <= total - 1
+        starts.append(int(got[0]))
+    if delta >= 20:
+        # Uniform over the whole range: both ends are reached and no start dominates.
+        assert min(starts) <= delta * 0.1 and max(starts) >= delta * 0.9
+        assert max(np.bincount(starts)) < 40
+
+
+@pytest.mark.parametrize("total", [1, 5, 100, 213])
+def test_paddle_train_short_video_is_the_test_window(total: int) -> None:
+    """Shorter than the window (213.3 frames at 25 fps): start 0, last frame repeated, like ``paddle``."""
+    for seed in range(20):
+        got = sample_indices(total, 25.0, _spec("paddle_train"), np.random.default_rng(seed))
+        assert got.tolist() == sample_indices(total, 25.0, _spec("paddle")).tolist()
+
+
+def test_paddle_train_without_rng_is_the_centre_window() -> None:
+    # 600 frames at 30 fps, T=8: clip_sz 256, delta 344, centre start 172.
+    got = sample_indices(600, 30.0, _spec("paddle_train"))
+    assert got.tolist() == [172 + int(x) for x in np.linspace(0, 255, 8)]
+
+
+def test_paddle_train_needs_a_frame_rate() -> None:
+    with pytest.raises(ValueError, match="frame rate"):
+        sample_indices(100, 0.0, _spec("paddle_train"), np.random.default_rng(0))
