@@ -370,19 +370,8 @@ def conv_filter(sd: dict[str, torch.Tensor], in_chans: int = 3) -> dict[str, tor
     return sd
 
 
-def infer_model_config(
-    sd: Mapping[str, torch.Tensor],
-    *,
-    num_heads: int = 12,
-    num_frames: int | None = None,
-    ln_eps: float = 1e-6,
-) -> dict[str, Any]:
-    """The :class:`~training.modeling.model.TimeSformer` kwargs these native-keyed weights describe.
-
-    Checks every tensor's shape against the others (width, depth, qkv 3C x C, pos_embed 1 + grid^2, ...)
-    and raises :class:`ConvertError` naming the first key that does not fit. ``num_frames`` is used only
-    for ``space_only`` weights (which carry no time_embed); default 8.
-    """
+def _embeddings(sd: Mapping[str, torch.Tensor], num_heads: int) -> tuple[int, int, int, int]:
+    """Width, input channels, patch size and image size from cls_token, patch_embed and pos_embed."""
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ConvertError(f"num_heads must be a positive integer, got {num_heads!r}")
     if "cls_token" not in sd:
@@ -395,7 +384,6 @@ def infer_model_config(
         raise ConvertError(
             f"width {c} (cls_token) is not divisible by num_heads={num_heads}; pass --num-heads"
         )
-
     w = sd.get("patch_embed.proj.weight")
     if w is None:
         raise ConvertError("patch_embed.proj.weight: missing")
@@ -403,7 +391,6 @@ def infer_model_config(
         raise ConvertError(f"patch_embed.proj.weight: shape {tuple(w.shape)}, expected ({c}, in_chans, p, p)")
     in_chans, patch = int(w.shape[1]), int(w.shape[2])
     _expect(sd, "patch_embed.proj.bias", (c,))
-
     pos = sd.get("pos_embed")
     if pos is None:
         raise ConvertError("pos_embed: missing")
@@ -412,38 +399,38 @@ def infer_model_config(
     grid = math.isqrt(int(pos.shape[1]) - 1)
     if grid < 1 or grid * grid + 1 != pos.shape[1]:
         raise ConvertError(f"pos_embed: length {pos.shape[1]} is not 1 + grid^2 for a square patch grid")
-    img_size = grid * patch
+    return c, in_chans, patch, grid * patch
 
-    depth_ids: set[int] = set()
-    for k in sd:
-        m = _BLOCK_KEY.match(k)
-        if m:
-            depth_ids.add(int(m.group(1)))
+
+def _depth(sd: Mapping[str, torch.Tensor]) -> int:
+    """Number of transformer blocks; every index below it must be present."""
+    depth_ids = {int(m.group(1)) for k in sd if (m := _BLOCK_KEY.match(k))}
     if not depth_ids:
         raise ConvertError("blocks.0.*: no transformer blocks found")
     depth = max(depth_ids) + 1
     missing_ids = sorted(set(range(depth)) - depth_ids)
     if missing_ids:
         raise ConvertError(f"blocks.{missing_ids[0]}.*: missing (blocks found: {sorted(depth_ids)})")
+    return depth
 
+
+def _attention(sd: Mapping[str, torch.Tensor], c: int, num_frames: int | None) -> tuple[str, int]:
+    """Attention type (temporal keys -> divided, a time_embed alone -> joint, neither -> space_only) and
+    frame count (time_embed's length; ``num_frames`` or 8 for space_only)."""
     divided = any(_BLOCK_KEY.match(k) and ".temporal_" in k for k in sd)
     has_time = "time_embed" in sd
-    if divided:
-        attention_type = "divided_space_time"
-    elif has_time:
-        attention_type = "joint_space_time"
-    else:
-        attention_type = "space_only"
     if divided and not has_time:
         raise ConvertError("time_embed: missing (divided space-time weights always carry one)")
-    if has_time:
-        te = sd["time_embed"]
-        if te.ndim != 3 or te.shape[0] != 1 or te.shape[2] != c:
-            raise ConvertError(f"time_embed: shape {tuple(te.shape)}, expected (1, T, {c})")
-        frames = int(te.shape[1])
-    else:
-        frames = int(num_frames) if num_frames is not None else 8
+    if not has_time:
+        return "space_only", int(num_frames) if num_frames is not None else 8
+    te = sd["time_embed"]
+    if te.ndim != 3 or te.shape[0] != 1 or te.shape[2] != c:
+        raise ConvertError(f"time_embed: shape {tuple(te.shape)}, expected (1, T, {c})")
+    return ("divided_space_time" if divided else "joint_space_time"), int(te.shape[1])
 
+
+def _check_blocks(sd: Mapping[str, torch.Tensor], depth: int, c: int, divided: bool) -> tuple[int, bool]:
+    """Every block's shapes against blocks.0 and the width; returns (MLP hidden width, qkv_bias)."""
     qkv_bias = "blocks.0.attn.qkv.bias" in sd
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     if fc1 is None or fc1.ndim != 2:
@@ -475,17 +462,49 @@ def infer_model_config(
         _expect(sd, f"{b}mlp.fc2.bias", (c,))
     _expect(sd, "norm.weight", (c,), "final LayerNorm")
     _expect(sd, "norm.bias", (c,), "final LayerNorm")
+    return hidden, qkv_bias
 
+
+def _num_classes(sd: Mapping[str, torch.Tensor], c: int) -> int:
+    """The head's class count (0 for a headless backbone)."""
     head = sd.get("head.weight")
     if head is None:
-        num_classes = 0
-    else:
-        if head.ndim != 2 or head.shape[1] != c:
-            raise ConvertError(f"head.weight: shape {tuple(head.shape)}, expected (num_classes, {c})")
-        num_classes = int(head.shape[0])
-        _expect(sd, "head.bias", (num_classes,))
+        return 0
+    if head.ndim != 2 or head.shape[1] != c:
+        raise ConvertError(f"head.weight: shape {tuple(head.shape)}, expected (num_classes, {c})")
+    _expect(sd, "head.bias", (int(head.shape[0]),))
+    return int(head.shape[0])
 
-    cfg: dict[str, Any] = dict(
+
+def infer_model_config(
+    sd: Mapping[str, torch.Tensor],
+    *,
+    num_heads: int = 12,
+    num_frames: int | None = None,
+    ln_eps: float = 1e-6,
+) -> dict[str, Any]:
+    """The :class:`~training.modeling.model.TimeSformer` kwargs these native-keyed weights describe.
+
+    Checks every tensor's shape against the others (width, depth, qkv 3C x C, pos_embed 1 + grid^2, ...)
+    and raises :class:`ConvertError` naming the first key that does not fit. ``num_frames`` is used only
+    for ``space_only`` weights (which carry no time_embed); default 8.
+    """
+    c, in_chans, patch, img_size = _embeddings(sd, num_heads)
+    depth = _depth(sd)
+    attention_type, frames = _attention(sd, c, num_frames)
+    divided = attention_type == "divided_space_time"
+    hidden, qkv_bias = _check_blocks(sd, depth, c, divided)
+    num_classes = _num_classes(sd, c)
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
+    expected |= {"norm.weight", "norm.bias"} | ({"time_embed"} if attention_type != "space_only" else set())
+    expected |= {"head.weight", "head.bias"} if num_classes else set()
+    unknown = [k for k in sd if not _BLOCK_KEY.match(k) and k not in expected]
+    unknown += [k for k in sd if (m := _BLOCK_KEY.match(k)) and not _known_block_key(m.group(2), divided)]
+    if unknown:
+        raise ConvertError(
+            f"{sorted(unknown)[0]}: unexpected key for a {attention_type} TimeSformer ({len(unknown)} such)"
+        )
+    return dict(
         img_size=img_size,
         patch_size=patch,
         in_chans=in_chans,
@@ -499,16 +518,6 @@ def infer_model_config(
         num_frames=frames,
         attention_type=attention_type,
     )
-    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"}
-    expected |= {"norm.weight", "norm.bias"} | ({"time_embed"} if has_time else set())
-    expected |= {"head.weight", "head.bias"} if num_classes else set()
-    unknown = [k for k in sd if not _BLOCK_KEY.match(k) and k not in expected]
-    unknown += [k for k in sd if (m := _BLOCK_KEY.match(k)) and not _known_block_key(m.group(2), divided)]
-    if unknown:
-        raise ConvertError(
-            f"{sorted(unknown)[0]}: unexpected key for a {attention_type} TimeSformer ({len(unknown)} such)"
-        )
-    return cfg
 
 
 _BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
