@@ -414,17 +414,17 @@ def prepare(
             if cfg.shard is not None:
                 cfg.shard.check_row(key[0], key[1], cfg.out)
             done.add(*key)
+        if sink.log.repaired_bytes:
+            dropped = sink.log.repaired_bytes
+            log(f"score: repaired a torn last line in {sink.log.path} ({dropped} bytes dropped)")
         if groups is not None and groups.incomplete is not None:
             offset, rows = groups.incomplete
             dropped = sink.cut(offset)
-            sink.log.repaired_bytes += dropped
+            sink.log.repaired_bytes += dropped  # the summary counts every byte a resume dropped
             log(
                 f"score: dropped an incomplete window group at the end of {sink.log.path} "
                 f"({rows} rows, {dropped} bytes); its input is scored again"
             )
-        if sink.log.repaired_bytes:
-            dropped = sink.log.repaired_bytes
-            log(f"score: repaired a torn last line in {sink.log.path} ({dropped} bytes dropped)")
         # One pass over the input both checks it against the output and gives the progress total.
         total = verify_input(done, iter(source), output=cfg.out)
     else:
