@@ -3,7 +3,7 @@ exactly one result row per input, resumable after any crash.
 
     python -m clients.score --input videos.txt --out results.jsonl --url host1:8001 --url host2:8001 \\
         [--protocol grpc|http] [--concurrency 16] [--top-k 5] [--resume] [--balance least-loaded] \\
-        [--shard I/N [--shard-by position|hash]]
+        [--shard I/N [--shard-by position|hash]] [--timeline [--window S] [--stride S]]
     python -m clients.score merge --input videos.txt --out all.jsonl part-0.jsonl part-1.jsonl ...
 
 ``--input`` and the paths it lists may be local or URLs (``s3://``, ``gs://``, ``http(s)://``: see
@@ -14,6 +14,10 @@ Each input is sent whole (its encoded bytes) to the ``video_classifier`` ensembl
 labels/ids/probabilities (exact float32 values from the ``PROBS`` tensor) or, for a bad video, the reason.
 The output file itself is the resume ledger: rows are keyed by ``(ordinal, input)`` and a resumed run
 skips the ordinals it already holds (see ``docs/scoring.md`` for the guarantees).
+
+With ``--timeline`` each input goes to the decoupled ``video_timeline`` model instead (gRPC streaming) and
+the output holds one row per window; a video's rows are written as one group, and a resume counts an input
+done only when its group is complete (:mod:`clients.scoring.timeline`).
 
 Exit status: 0 every input has a row (error rows included); 1 stopped early (all endpoints down past
 ``--down-limit``, interrupted) with a resumable output; 2 bad arguments, input or output.
@@ -51,8 +55,9 @@ from clients.scoring.outputs import OutputError, ResultSink
 from clients.scoring.retry import Backoff, triage
 from clients.scoring.shards import SHARD_BY, Shard, ShardedSource
 from clients.scoring.storage import StorageError, read_url
+from clients.scoring.timeline import GroupReader, TimelineOptions, TimelineScorer
 from training.preprocessing.limits import MAX_VIDEO_BYTES
-from triton_models.contract import ENSEMBLE, PROBS, VIDEO
+from triton_models.contract import ENSEMBLE, PROBS, TIMELINE, VIDEO
 
 DEFAULT_MAX_BYTES = MAX_VIDEO_BYTES
 
@@ -72,15 +77,30 @@ class ScoreConfig:
     timeout_s: float = 60.0
     max_retries: int = 5
     down_limit_s: float = 60.0
-    model: str = ENSEMBLE
+    model: str | None = None  # None: video_classifier, or video_timeline with --timeline
     root: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     backoff: Backoff = field(default_factory=Backoff)
     progress: bool = True
     seed: int | None = None
     shard: Shard | None = None  # score only this slice of the input (None: all of it)
+    timeline: bool = False  # one row per window through video_timeline (gRPC streaming)
+    window: float | None = None  # --timeline: window seconds (None: the model's default)
+    stride: float | None = None  # --timeline: seconds between window starts (None: the window)
 
     def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = TIMELINE if self.timeline else ENSEMBLE
+        if self.timeline and self.protocol != "grpc":
+            raise ValueError(
+                f"--timeline needs --protocol grpc, got {self.protocol!r}: video_timeline streams one "
+                "response per window, which HTTP cannot carry"
+            )
+        for name, value in (("--window", self.window), ("--stride", self.stride)):
+            if value is not None and not self.timeline:
+                raise ValueError(f"{name} is a --timeline option; pass --timeline too")
+            if value is not None and not (value > 0 and np.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.top_k < 1:
@@ -109,6 +129,8 @@ class ScoreSummary:
     complete: bool = False
     stopped: str = ""  # why the run stopped early ("" when it did not)
     repaired_bytes: int = 0
+    rows: int = 0  # rows written by this run (--timeline: one per window)
+    cut_rows: int = 0  # --timeline resume: rows of an incomplete trailing group dropped
     endpoints: dict[str, int] = field(default_factory=dict)  # url -> rows served
     shard: str = ""  # "I/N" when the run scored one slice of its input
 
@@ -125,8 +147,9 @@ class ScoreSummary:
         total = "?" if self.total is None else str(self.total)
         state = "complete" if self.complete else f"STOPPED ({self.stopped}); rerun with --resume"
         who = f"score (shard {self.shard})" if self.shard else "score"
+        rows = f" ({self.rows} rows)" if self.rows != self.scored else ""
         return (
-            f"{who}: {self.ok} ok, {self.errors} failed, {self.skipped} skipped of {total} inputs; "
+            f"{who}: {self.ok} ok, {self.errors} failed, {self.skipped} skipped of {total} inputs{rows}; "
             f"{self.rate:.1f} videos/s over {self.elapsed_s:.1f} s -> {out} [{state}]"
         )
 
@@ -183,7 +206,13 @@ class ModelInfo:
         return cls(batched=len(in_shape) == 2, num_classes=out_shape[-1])
 
     async def ensure_labels(
-        self, pool: EndpointPool, ep: Endpoint, data: np.ndarray, timeout_s: float
+        self,
+        pool: EndpointPool,
+        ep: Endpoint,
+        data: np.ndarray,
+        timeout_s: float,
+        *,
+        model: str | None = None,
     ) -> None:
         """Label names, once per run, through Triton's classification extension on a video known to work.
 
@@ -195,7 +224,9 @@ class ModelInfo:
             if self.labels is not None:
                 return
             result = await asyncio.wait_for(
-                _infer(pool.protocol, ep.client, pool.model, data, self, class_count=self.num_classes),
+                _infer(
+                    pool.protocol, ep.client, model or pool.model, data, self, class_count=self.num_classes
+                ),
                 timeout=timeout_s,
             )
             names = [f"class_{i}" for i in range(self.num_classes)]
@@ -259,20 +290,23 @@ class Scorer:
         row.update(kw)
         return row
 
-    async def score(self, item: InputItem) -> dict[str, Any]:
-        """One row for ``item``; raises only :class:`AllEndpointsDown`."""
+    async def read(self, item: InputItem) -> np.ndarray | str:
+        """The item's bytes, or the reason it cannot be scored."""
         loop = asyncio.get_running_loop()
         # File reads run in threads so a slow disk never stalls the requests in flight.
         target = self.source.resolve(item)
         if isinstance(target, str):  # a URL: read through fsspec, retried like a request
-            data = await loop.run_in_executor(
+            return await loop.run_in_executor(
                 self.io,
                 lambda: read_url(
                     target, self.cfg.max_bytes, retries=self.cfg.max_retries, backoff=self.cfg.backoff
                 ),
             )
-        else:
-            data = await loop.run_in_executor(self.io, read_video, target, self.cfg.max_bytes)
+        return await loop.run_in_executor(self.io, read_video, target, self.cfg.max_bytes)
+
+    async def score(self, item: InputItem) -> dict[str, Any]:
+        """One row for ``item``; raises only :class:`AllEndpointsDown`."""
+        data = await self.read(item)
         if isinstance(data, str):
             return self._row(item, error=data)
         last: Endpoint | None = None
@@ -357,7 +391,7 @@ def prepare(
     source: InputSource | ShardedSource = InputSource(cfg.input, root=cfg.root)
     if cfg.shard is not None:
         source = ShardedSource(source, cfg.shard)
-    sink = ResultSink(cfg.out)
+    sink = ResultSink(cfg.out, timeline=cfg.timeline)
     done = DoneSet()
     if sink.has_rows() and not cfg.resume:
         raise ScoreError(
@@ -365,13 +399,32 @@ def prepare(
         )
     total: int | None
     if cfg.resume and sink.has_rows():
+        groups = GroupReader(cfg.out) if cfg.timeline else None
         for row in sink.existing():
+            if ("window_index" in row) != cfg.timeline:
+                written = "with" if "window_index" in row else "without"
+                raise ScoreError(
+                    f"{cfg.out} was written {written} --timeline: resume it the same way, or use a new --out"
+                )
+            key: tuple[int, str] | None = (row["ordinal"], row["input"])
+            if groups is not None:  # an input is done only once its window group is complete
+                key = groups.add(row, sink.log.row_offset)
+            if key is None:
+                continue
             if cfg.shard is not None:
-                cfg.shard.check_row(row["ordinal"], row["input"], cfg.out)
-            done.add(row["ordinal"], row["input"])
+                cfg.shard.check_row(key[0], key[1], cfg.out)
+            done.add(*key)
         if sink.log.repaired_bytes:
             dropped = sink.log.repaired_bytes
             log(f"score: repaired a torn last line in {sink.log.path} ({dropped} bytes dropped)")
+        if groups is not None and groups.incomplete is not None:
+            offset, rows = groups.incomplete
+            dropped = sink.cut(offset)
+            sink.log.repaired_bytes += dropped  # the summary counts every byte a resume dropped
+            log(
+                f"score: dropped an incomplete window group at the end of {sink.log.path} "
+                f"({rows} rows, {dropped} bytes); its input is scored again"
+            )
         # One pass over the input both checks it against the output and gives the progress total.
         total = verify_input(done, iter(source), output=cfg.out)
     else:
@@ -379,9 +432,14 @@ def prepare(
     return source, sink, done, total
 
 
-async def connect(cfg: ScoreConfig, log: Callable[[str], None]) -> tuple[EndpointPool, ModelInfo]:
+async def connect(
+    cfg: ScoreConfig, log: Callable[[str], None]
+) -> tuple[EndpointPool, ModelInfo, ModelInfo | None]:
     """Phase 2: the endpoint pool, started, and what the model tells about itself (input layout, classes).
-    Raises :class:`AllEndpointsDown` when no endpoint answers, :class:`ScoreError` for a wrong model."""
+    Raises :class:`AllEndpointsDown` when no endpoint answers, :class:`ScoreError` for a wrong model.
+    With ``--timeline`` also the classifier ensemble's, whose classification extension names the classes
+    (``None`` when the server has no such ensemble with the same class count)."""
+    assert cfg.model is not None
     pool = EndpointPool(
         cfg.urls,
         protocol=cfg.protocol,
@@ -391,6 +449,7 @@ async def connect(cfg: ScoreConfig, log: Callable[[str], None]) -> tuple[Endpoin
         log=lambda m: log(f"score: {m}"),
     )
     await pool.start()
+    label_info: ModelInfo | None = None
     try:
         ep = await pool.acquire()
         try:
@@ -399,16 +458,27 @@ async def connect(cfg: ScoreConfig, log: Callable[[str], None]) -> tuple[Endpoin
             raise
         except Exception as exc:
             raise ScoreError(f"cannot read model {cfg.model!r} from {ep.url}: {triage(exc).reason}") from exc
+        else:
+            if cfg.timeline:
+                with contextlib.suppress(Exception):  # no ensemble there: rows name classes class_<i>
+                    label_info = await ModelInfo.fetch(ep.client, ENSEMBLE)
+                if label_info is not None and label_info.num_classes != info.num_classes:
+                    label_info = None
         finally:
             pool.release(ep, ok=True)
     except BaseException:
         await pool.close()
         raise
-    return pool, info
+    return pool, info, label_info
 
 
 async def pump(
-    cfg: ScoreConfig, source: Any, done: DoneSet, scorer: Scorer, sink: ResultSink, summary: ScoreSummary
+    cfg: ScoreConfig,
+    source: Any,
+    done: DoneSet,
+    scorer: Scorer | TimelineScorer,
+    sink: ResultSink,
+    summary: ScoreSummary,
 ) -> str:
     """Phase 3: keep ``cfg.concurrency`` inputs in flight, write each finished row, stop cleanly on
     SIGINT/SIGTERM. Returns why it stopped early ("" when every input has a row)."""
@@ -428,9 +498,9 @@ async def pump(
         dynamic_ncols=True,
         smoothing=0.1,
     )
-    pending: set[asyncio.Task[dict[str, Any]]] = set()
+    pending: set[asyncio.Task[Any]] = set()
 
-    def collect(finished: set[asyncio.Task[dict[str, Any]]]) -> None:
+    def collect(finished: set[asyncio.Task[Any]]) -> None:
         # Write every finished row before an AllEndpointsDown from a sibling task stops the run.
         down: AllEndpointsDown | None = None
         for task in finished:
@@ -440,8 +510,13 @@ async def pump(
                     raise exc
                 down = exc
                 continue
-            row = task.result()
-            sink.write(row)
+            result = task.result()  # one row, or (--timeline) the video's whole group of rows
+            if isinstance(result, list):
+                sink.write_group(result)
+                row = result[0]
+            else:
+                sink.write(row := result)
+            summary.rows += len(result) if isinstance(result, list) else 1
             if row["status"] == "ok":
                 summary.ok += 1
             else:
@@ -509,7 +584,7 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     summary = ScoreSummary(shard=str(cfg.shard) if cfg.shard is not None else "")
     t_start = time.monotonic()
-    lock_path = ResultSink(cfg.out).log.path
+    lock_path = ResultSink(cfg.out, timeline=cfg.timeline).log.path
     lock_fd = _lock(lock_path)
     pool: EndpointPool | None = None
     try:
@@ -525,15 +600,19 @@ async def run(cfg: ScoreConfig, *, log: Callable[[str], None] | None = None) -> 
             return summary
         sink.open()
         try:
-            pool, info = await connect(cfg, log)
+            pool, info, label_info = await connect(cfg, log)
         except AllEndpointsDown as exc:
             sink.close(complete=False)
             summary.stopped = str(exc)
             return summary
         scorer = Scorer(cfg, source, pool, info)
+        scoring: Scorer | TimelineScorer = scorer
+        if cfg.timeline:
+            options = TimelineOptions(cfg.window, cfg.stride)
+            scoring = TimelineScorer(scorer, options, label_info, label_model=ENSEMBLE)
         sink.log.fsync_executor = scorer.io  # fsync off the event loop (the disk must not stall requests)
         try:
-            stopped_by = await pump(cfg, source, done, scorer, sink, summary)
+            stopped_by = await pump(cfg, source, done, scoring, sink, summary)
         finally:
             sink.log.fsync_executor = None  # later flushes fsync inline
             scorer.io.shutdown(wait=False)
@@ -585,7 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="stop (resumable) when every endpoint is down this long",
     )
-    p.add_argument("--model", default=ENSEMBLE, help="model name on the server")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"model name on the server (default {ENSEMBLE}; {TIMELINE} with --timeline)",
+    )
     p.add_argument("--root", default=None, help="directory that relative paths of a list file are under")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="larger files become error rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line stays)")
@@ -600,6 +683,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SHARD_BY,
         default="position",
         help="position: ordinal mod N (exact balance); hash: hash of the path mod N (order-independent)",
+    )
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help=f"one row per window through {TIMELINE} (gRPC only); a video's rows are written as one group",
+    )
+    p.add_argument(
+        "--window", type=float, default=None, help="--timeline: window seconds (default: the model's)"
+    )
+    p.add_argument(
+        "--stride",
+        type=float,
+        default=None,
+        help="--timeline: seconds between window starts (default: the window)",
     )
     return p
 
@@ -630,6 +727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_bytes=args.max_bytes,
             progress=not args.no_progress,
             shard=Shard.parse(args.shard, args.shard_by) if args.shard is not None else None,
+            timeline=args.timeline,
+            window=args.window,
+            stride=args.stride,
         )
         summary = asyncio.run(run(cfg))
     except (ScoreError, InputError, OutputError, LedgerError, StorageError, ValueError) as exc:

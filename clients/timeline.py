@@ -153,7 +153,8 @@ def merge_segments(windows: Sequence[WindowResult], labels: Sequence[str]) -> li
 # --- the stream ---------------------------------------------------------------------------------------
 
 
-def _inputs(video: np.ndarray, window: float | None, stride: float | None) -> list[Any]:
+def timeline_inputs(video: np.ndarray, window: float | None, stride: float | None) -> list[Any]:
+    """The gRPC inputs of one ``video_timeline`` request: the file, and window/stride when given."""
     grpcclient = client_module("grpc")
     inputs, _ = video_request(grpcclient, video)  # VIDEO (1, nbytes): one file, as for video_classifier
     for name, value in ((contract.WINDOW_SECONDS, window), (contract.STRIDE_SECONDS, stride)):
@@ -193,7 +194,7 @@ def stream_timeline(
             grpcclient.InferRequestedOutput(contract.PROBS),
         ]
         client.async_stream_infer(
-            model, _inputs(video, window, stride), outputs=outputs, enable_empty_final_response=True
+            model, timeline_inputs(video, window, stride), outputs=outputs, enable_empty_final_response=True
         )
         index = 0
         while True:

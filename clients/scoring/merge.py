@@ -10,7 +10,10 @@ checked against the list (the same 64-bit fingerprint as a resume check), so par
 are caught. Without it only doubles and gaps below the largest ordinal can be seen.
 
 Parts are only read, never repaired: a torn last line (a shard still running or killed) is skipped and
-reported. Memory: two bits per ordinal and the first few examples of each problem.
+reported. ``--timeline`` parts (one row per window) are merged by window group: a group counts as one input
+(a doubled group is reported once and not copied), and an incomplete trailing group is skipped and reported
+like a torn line. Timeline and per-video parts cannot be merged together. Memory: two bits per ordinal,
+one window group and the first few examples of each problem.
 
 Exit status: 0 one row per input; 1 something missing, doubled, extra or mismatched (the merged file is still
 written, holding each ordinal once); 2 unusable arguments or files.
@@ -32,10 +35,12 @@ from clients.scoring.outputs import (
     JsonlCodec,
     OutputError,
     ResultSink,
+    TimelineCsvCodec,
     _read_parquet,
     output_format,
 )
 from clients.scoring.storage import StorageError
+from clients.scoring.timeline import GroupReader
 
 EXAMPLES = 10  # problems listed by name; the counts cover all of them
 
@@ -98,20 +103,29 @@ def read_part(path: str | Path) -> Iterator[dict[str, Any] | None]:
         yield from _read_parquet(sink.path)
         return
     log_path = sink.log.path
-    codec = CsvCodec if sink.format == ".csv" else JsonlCodec
+    codec: type[JsonlCodec] | type[CsvCodec] = CsvCodec if sink.format == ".csv" else JsonlCodec
     if not log_path.exists():
         raise MergeError(f"{path}: no such scorer output")
     with open(log_path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             text = raw.decode("utf-8", errors="surrogateescape")
             if lineno == 1 and codec.header is not None:
-                if text != codec.header:
+                codecs = {c.header: c for c in (CsvCodec, TimelineCsvCodec)}
+                if text not in codecs:
                     raise OutputError(f"{log_path}:1: not this scorer's CSV header")
+                codec = codecs[text]  # a --timeline output has the window columns
                 continue
             if not raw.endswith(b"\n"):
                 yield None  # the torn-tail marker
                 return
             yield codec.decode(text.rstrip("\n"), f"{log_path}:{lineno}")
+
+
+def _is_timeline(part: str | Path) -> bool:
+    """Whether a part holds ``--timeline`` rows (judged by its first row; an empty part: no)."""
+    for row in read_part(part):
+        return row is not None and "window_index" in row
+    return False
 
 
 def merge(
@@ -125,7 +139,8 @@ def merge(
     resolved = {Path(p).resolve() for p in parts}
     if out_path.resolve() in resolved:
         raise MergeError(f"--out {out} is one of the parts")
-    sink = ResultSink(out_path)
+    timeline = _is_timeline(parts[0])
+    sink = ResultSink(out_path, timeline=timeline)
     if sink.has_rows():
         raise MergeError(f"--out {out} already exists: choose a new file")
     report = MergeReport(out=str(out))
@@ -134,11 +149,20 @@ def merge(
     try:
         for part in parts:
             n = 0
+            groups = GroupReader(str(part)) if timeline else None
+            group: list[dict[str, Any]] = []  # the window rows of the group being read (timeline)
             for row in read_part(part):
                 if row is None:
                     report.torn.append(str(part))
                     break
                 n += 1
+                if ("window_index" in row) != timeline:
+                    raise MergeError(f"{part}: mixes --timeline and per-video rows with {parts[0]}")
+                if groups is not None:
+                    group.append(row)
+                    if groups.add(row) is None:
+                        continue  # the group is not complete yet
+                rows, group = (group, []) if groups is not None else ([row], [])
                 ordinal, path = row["ordinal"], row["input"]
                 if ordinal in written:
                     report.doubled += 1
@@ -146,7 +170,10 @@ def merge(
                         report.doubled_examples.append((ordinal, path))
                     continue
                 written.add(ordinal, path)
-                sink.write(row)
+                sink.write_group(rows)
+            else:
+                if group:  # a trailing group cut short (a shard still running or killed): not copied
+                    report.torn.append(str(part))
             report.parts.append((str(part), n))
         report.written = written.count
         if input is not None:

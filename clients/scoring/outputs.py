@@ -10,6 +10,10 @@ Formats, chosen by the output's suffix:
   it (``<out>.journal.jsonl``); when every input has a row the journal is converted to Parquet through a
   temp file + rename (atomic) and removed. A resume reads the journal (or the finished Parquet file).
 
+``--timeline`` outputs have four more columns (:data:`TIMELINE_FIELDS`) and one row per window; a video's
+rows are written together (:meth:`ResultSink.write_group`), so a crash can cut only the last group, which
+a resume truncates away (:mod:`clients.scoring.groups`).
+
 Rows are buffered, written and flushed to the OS at least every ``flush_s`` seconds or ``flush_rows``
 rows, and fsync'd at each flush, so a crash of the scorer (even SIGKILL) loses only rows still in the
 buffer -- which a resume scores again -- and a power loss leaves at most one torn last line, which
@@ -41,6 +45,8 @@ FIELDS = (
     "endpoint",
     "attempt",
 )
+# Extra columns of a ``--timeline`` output (one row per window of a video).
+TIMELINE_FIELDS = ("window_index", "windows", "window_start", "window_end")
 _LIST_FIELDS = ("labels", "ids", "probs")
 FORMATS = (".jsonl", ".csv", ".parquet")
 JOURNAL_SUFFIX = ".journal.jsonl"
@@ -104,12 +110,13 @@ def _unescape(s: str) -> str:
 class CsvCodec:
     """RFC-4180 quoting, one record per physical line (newlines escaped, see module doc)."""
 
+    fields: tuple[str, ...] = FIELDS
     header: str | None = ",".join(FIELDS) + "\n"
 
-    @staticmethod
-    def encode(row: dict[str, Any]) -> str:
+    @classmethod
+    def encode(cls, row: dict[str, Any]) -> str:
         cells = []
-        for k in FIELDS:
+        for k in cls.fields:
             v = row.get(k)
             if k in _LIST_FIELDS:
                 v = json.dumps(v if v is not None else [], ensure_ascii=True, separators=(",", ":"))
@@ -120,15 +127,15 @@ class CsvCodec:
         csv.writer(buf, lineterminator="\n").writerow(cells)
         return buf.getvalue()
 
-    @staticmethod
-    def decode(line: str, where: str) -> dict[str, Any]:
+    @classmethod
+    def decode(cls, line: str, where: str) -> dict[str, Any]:
         try:
             cells = next(csv.reader([line]))
         except (csv.Error, StopIteration) as exc:
             raise OutputError(f"{where}: not a CSV record ({exc})") from exc
-        if len(cells) != len(FIELDS):
-            raise OutputError(f"{where}: {len(cells)} CSV fields, expected {len(FIELDS)}")
-        raw = dict(zip(FIELDS, (_unescape(c) for c in cells)))
+        if len(cells) != len(cls.fields):
+            raise OutputError(f"{where}: {len(cells)} CSV fields, expected {len(cls.fields)}")
+        raw = dict(zip(cls.fields, (_unescape(c) for c in cells)))
         try:
             row: dict[str, Any] = {
                 "input": raw["input"],
@@ -142,9 +149,21 @@ class CsvCodec:
                 "endpoint": raw["endpoint"] or None,
                 "attempt": int(raw["attempt"]) if raw["attempt"] else None,
             }
+            if "window_index" in raw:
+                row["window_index"] = int(raw["window_index"])
+                row["windows"] = int(raw["windows"])
+                row["window_start"] = float(raw["window_start"]) if raw["window_start"] else None
+                row["window_end"] = float(raw["window_end"]) if raw["window_end"] else None
         except ValueError as exc:
             raise OutputError(f"{where}: malformed CSV values ({exc})") from exc
         return _check_row(row, where)
+
+
+class TimelineCsvCodec(CsvCodec):
+    """The CSV codec of a ``--timeline`` output: the same columns plus :data:`TIMELINE_FIELDS`."""
+
+    fields = FIELDS + TIMELINE_FIELDS
+    header = ",".join(FIELDS + TIMELINE_FIELDS) + "\n"
 
 
 # --- the append-only log -----------------------------------------------------------------------------
@@ -175,6 +194,7 @@ class RowLog:
         self.fsync_executor: Executor | None = None
         self._fsync_future: Future[None] | None = None
         self.repaired_bytes = 0  # bytes dropped from a torn tail by the last recover()
+        self.row_offset = 0  # during recover(): the byte offset where the row just yielded starts
 
     def recover(self) -> Iterator[dict[str, Any]]:
         """Yield every complete record; truncate a torn last line (no newline, or an unparseable last
@@ -203,6 +223,7 @@ class RowLog:
                 except OutputError as exc:
                     bad = exc
                     continue
+                self.row_offset = good_end
                 good_end = f.tell()
                 yield row
         size = self.path.stat().st_size
@@ -213,6 +234,19 @@ class RowLog:
                 f.flush()
                 os.fsync(f.fileno())
             self.repaired_bytes = size - good_end
+
+    def cut(self, offset: int) -> int:
+        """Truncate the (closed) file to ``offset`` bytes, durably; returns the bytes dropped. Used by a
+        resume to drop a window group that a crash cut short (always the last thing in the file)."""
+        assert self._f is None, "cut() only before open()"
+        size = self.path.stat().st_size
+        if offset >= size:
+            return 0
+        with open(self.path, "r+b") as f:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+        return size - offset
 
     def open(self) -> None:
         """Open for appending (create with header if new)."""
@@ -230,6 +264,16 @@ class RowLog:
         assert self._f is not None, "RowLog.open() first"
         self._f.write(self.codec.encode(row))
         self._pending += 1
+        self._maybe_flush()
+
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer several rows as one write (a video's window group), then flush as :meth:`write` does."""
+        assert self._f is not None, "RowLog.open() first"
+        self._f.write("".join(self.codec.encode(r) for r in rows))
+        self._pending += len(rows)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
         if self._pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_s:
             self.flush()
 
@@ -288,13 +332,18 @@ class ResultSink:
     """The scorer's output, whatever the format: ``existing()`` rows (resume), ``open``, ``write``,
     ``close(complete=...)``."""
 
-    def __init__(self, path: str | Path, *, flush_rows: int = 256, flush_s: float = 0.5) -> None:
+    def __init__(
+        self, path: str | Path, *, flush_rows: int = 256, flush_s: float = 0.5, timeline: bool = False
+    ) -> None:
         self.path = Path(path)
         self.format = output_format(path)
+        self.timeline = timeline  # one row per window, with TIMELINE_FIELDS
+        self.fields = FIELDS + TIMELINE_FIELDS if timeline else FIELDS
         if self.format == ".parquet":
             self.log = RowLog(self.journal_path, JsonlCodec, flush_rows=flush_rows, flush_s=flush_s)
         else:
-            codec = CsvCodec if self.format == ".csv" else JsonlCodec
+            csv_codec = TimelineCsvCodec if timeline else CsvCodec
+            codec = csv_codec if self.format == ".csv" else JsonlCodec
             self.log = RowLog(self.path, codec, flush_rows=flush_rows, flush_s=flush_s)
 
     @property
@@ -332,6 +381,16 @@ class ResultSink:
     def write(self, row: dict[str, Any]) -> None:
         self.log.write(row)
 
+    def write_group(self, rows: list[dict[str, Any]]) -> None:
+        """All rows of one input in one write, so that they reach the file contiguously."""
+        self.log.write_many(rows)
+
+    def cut(self, offset: int) -> int:
+        """Drop everything from byte ``offset`` of the row log on (see :meth:`RowLog.cut`)."""
+        if self._finished_parquet():
+            raise OutputError(f"{self.path}: a finished Parquet output cannot be cut")
+        return self.log.cut(offset)
+
     def flush(self) -> None:
         self.log.flush()
 
@@ -339,14 +398,20 @@ class ResultSink:
         """Flush and close; when ``complete`` (every input has a row) a Parquet output is produced."""
         self.log.close()
         if complete and self.format == ".parquet":
-            journal_to_parquet(self.log.path, self.path)
+            journal_to_parquet(self.log.path, self.path, fields=self.fields)
             self.log.path.unlink()
             _fsync_dir(self.path.parent)
 
 
-def _arrow_schema() -> Any:
+def _arrow_schema(fields: tuple[str, ...] = FIELDS) -> Any:
     import pyarrow as pa
 
+    extra = [
+        ("window_index", pa.int64()),
+        ("windows", pa.int64()),
+        ("window_start", pa.float64()),
+        ("window_end", pa.float64()),
+    ]
     return pa.schema(
         [
             ("input", pa.string()),
@@ -360,22 +425,25 @@ def _arrow_schema() -> Any:
             ("endpoint", pa.string()),
             ("attempt", pa.int64()),
         ]
+        + (extra if "window_index" in fields else [])
     )
 
 
-def journal_to_parquet(journal: Path, out: Path, *, chunk_rows: int = 50_000) -> None:
+def journal_to_parquet(
+    journal: Path, out: Path, *, chunk_rows: int = 50_000, fields: tuple[str, ...] = FIELDS
+) -> None:
     """Convert a JSONL journal to Parquet in chunks (bounded memory), atomically (temp + rename)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _arrow_schema()
+    schema = _arrow_schema(fields)
     tmp = out.with_name(f".{out.name}.tmp")
 
     def batches() -> Iterator[pa.RecordBatch]:
         rows: list[dict[str, Any]] = []
         for row in RowLog(journal, JsonlCodec).recover():
             # Surrogate-escaped bytes are not valid UTF-8 for Arrow; keep them visible instead.
-            rows.append({k: _arrow_safe(row.get(k)) for k in FIELDS})
+            rows.append({k: _arrow_safe(row.get(k)) for k in fields})
             if len(rows) >= chunk_rows:
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)
                 rows = []
@@ -410,12 +478,15 @@ def _read_parquet(parquet: Path) -> Iterator[dict[str, Any]]:
         pf = pq.ParquetFile(parquet)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
         raise OutputError(f"{parquet}: not a readable Parquet file ({exc})") from exc
-    missing = [c for c in FIELDS if c not in pf.schema_arrow.names]
+    names = pf.schema_arrow.names
+    missing = [c for c in FIELDS if c not in names]
     if missing:
         raise OutputError(f"{parquet}: not a scorer output (columns {missing} missing)")
+    # A --timeline output's window columns are kept (and only then present in the rows).
+    fields = FIELDS + TIMELINE_FIELDS if all(c in names for c in TIMELINE_FIELDS) else FIELDS
     for batch in pf.iter_batches(batch_size=50_000):
         for i, row in enumerate(batch.to_pylist()):
-            yield _check_row({k: row.get(k) for k in FIELDS}, f"{parquet}: row {i}")
+            yield _check_row({k: row.get(k) for k in fields}, f"{parquet}: row {i}")
 
 
 def _parquet_to_journal(parquet: Path, journal: Path) -> None:
