@@ -120,7 +120,7 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     parts = [site, platsite, *env.get("PYTHONPATH", "").split(os.pathsep)]
     seen: list[str] = []
     for p in parts:
-        if p and p not in seen:
+        if p and p not in seen and Path(p).resolve() != ROOT:
             seen.append(p)
     env["PYTHONPATH"] = os.pathsep.join(seen)
     # The stub finds its prefix through `python3` on PATH: make that this environment's interpreter.
