@@ -149,7 +149,10 @@ def views_dims(spec: PreprocessSpec) -> list[int]:
 
 def ensemble_config(spec: PreprocessSpec, num_classes: int, opts: RepositoryOptions) -> mc.ModelConfig:
     """``video_classifier``: the only model users call."""
-    cfg = mc.ModelConfig(name=contract.ENSEMBLE, platform="ensemble", max_batch_size=opts.max_batch_size)
+    # Triton refuses an ensemble whose max_batch_size exceeds a composing model's: with an unbatched DALI
+    # model the ensemble takes one video per request (the classifier still batches across requests).
+    batch = dali_batch_size(opts) if opts.target == "gpu" else opts.max_batch_size
+    cfg = mc.ModelConfig(name=contract.ENSEMBLE, platform="ensemble", max_batch_size=batch)
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1]))
     cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes], contract.LABELS_FILE))
     steps = cfg.ensemble_scheduling.step

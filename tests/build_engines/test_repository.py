@@ -253,3 +253,29 @@ def test_tensorrt_step_says_why_it_cannot_run(tmp_path: Path) -> None:
         timeout=120,
     )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and reason in r.stderr
+
+
+def test_gpu_placement_and_dali_instances_are_options(tmp_path: Path) -> None:
+    """Default: GPU models on every GPU the server sees (no ``gpus`` list) with several DALI instances per
+    GPU (one left most NVDEC engines idle); ids, instances and the DALI batch follow the options."""
+    from build_engines.repository import DEFAULT_DALI_INSTANCES, generate_configs
+
+    spec, labels = PreprocessSpec(num_frames=4, crop_size=32, short_side=32), TINY_LABELS
+    generate_configs(tmp_path / "d", spec, labels, RepositoryOptions(target="gpu"))
+    pre = parse_config(tmp_path / "d" / contract.PREPROCESS / "config.pbtxt")
+    (group,) = pre.instance_group
+    assert list(group.gpus) == [] and group.count == DEFAULT_DALI_INSTANCES > 1
+    opts = RepositoryOptions(
+        target="gpu", gpus=(0, 2), dali_instances=3, max_batch_size=8, dali_max_batch_size=1
+    )
+    generate_configs(tmp_path / "o", spec, labels, opts)
+    pre = parse_config(tmp_path / "o" / contract.PREPROCESS / "config.pbtxt")
+    cls = parse_config(tmp_path / "o" / contract.CLASSIFIER / "config.pbtxt")
+    assert list(pre.instance_group[0].gpus) == [0, 2] and pre.instance_group[0].count == 3
+    assert list(cls.instance_group[0].gpus) == [0, 2]
+    assert pre.max_batch_size == 1 and cls.max_batch_size == 8  # every video alone through DALI
+    # Triton refuses an ensemble allowing more than a composing model (checked on the wheel's server).
+    assert parse_config(tmp_path / "o" / contract.ENSEMBLE / "config.pbtxt").max_batch_size == 1
+    for bad in ({"gpus": (0, 0)}, {"gpus": (-1,)}, {"dali_instances": 0}, {"dali_max_batch_size": 9}):
+        with pytest.raises(ValueError):
+            RepositoryOptions(target="gpu", max_batch_size=8, **bad)
