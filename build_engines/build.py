@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from build_engines.export_onnx import ExportError, export_onnx
-from build_engines.repository import RepositoryOptions, generate_configs
+from build_engines.repository import (
+    DEFAULT_DALI_INSTANCES,
+    RepositoryOptions,
+    dali_batch_size,
+    generate_configs,
+)
 from training.modeling.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.preprocessing.limits import DecodeLimits
 from triton_models import contract
@@ -47,13 +52,17 @@ def _export(ckpt: Checkpoint, out: Path) -> Path:
         raise BuildError(str(exc)) from exc
 
 
-def _serialize_dali(spec: Any, path: Path, max_batch_size: int) -> Path:
+def _serialize_dali(spec: Any, path: Path, max_batch_size: int) -> tuple[Path, str]:
+    """The ``mixed`` pipeline serialized by the DALI installed here; returns the path and DALI's version
+    (the serving container's dali backend must run that DALI or a newer one: build inside the container)."""
     try:
+        import nvidia.dali
+
         from training.preprocessing.dali import serialize_pipeline
     except ImportError as exc:
         raise BuildError(f"the DALI pipeline cannot be serialized: {exc}") from exc
     serialize_pipeline(spec, path, device="mixed", max_batch_size=max_batch_size)
-    return path
+    return path, str(nvidia.dali.__version__)
 
 
 def _prepare_destination(out: Path) -> Path:
@@ -79,6 +88,7 @@ def build_repository(
     tmp = _prepare_destination(out)
     spec, labels = ckpt.preprocess, ckpt.label_names()
     plan_built = False
+    versions: dict[str, str] = {}
     try:
         t0 = time.perf_counter()
         generate_configs(tmp, spec, labels, opts)
@@ -87,11 +97,12 @@ def build_repository(
             log(f"build: serving graph {onnx_path.relative_to(tmp)} (ONNX Runtime matches PyTorch)")
         else:
             onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / contract.ONNX_FILE)
-            dali = _serialize_dali(
-                spec, tmp / contract.PREPROCESS / "1" / contract.DALI_FILE, opts.max_batch_size
+            dali, dali_version = _serialize_dali(
+                spec, tmp / contract.PREPROCESS / "1" / contract.DALI_FILE, dali_batch_size(opts)
             )
-            log(f"build: DALI mixed pipeline {dali.relative_to(tmp)}")
-            from build_engines.tensorrt import build_engine, tensorrt_unavailable_reason
+            versions["dali"] = dali_version
+            log(f"build: DALI mixed pipeline {dali.relative_to(tmp)} (DALI {dali_version})")
+            from build_engines.tensorrt import build_engine, tensorrt_unavailable_reason, tensorrt_version
 
             plan = out / contract.CLASSIFIER / "1" / contract.PLAN_FILE
             reason = tensorrt_unavailable_reason()
@@ -103,6 +114,7 @@ def build_repository(
                     max_batch_size=opts.max_batch_size,
                 )
                 plan_built = True
+                versions["tensorrt"] = tensorrt_version()
                 log(f"build: TensorRT plan {contract.CLASSIFIER}/1/{contract.PLAN_FILE} ({opts.precision})")
             else:
                 log(
@@ -124,7 +136,11 @@ def build_repository(
                 "preprocess_instances": opts.preprocess_instances,
                 "max_queue_delay_us": opts.max_queue_delay_us,
                 "preferred_batch_sizes": list(opts.preferred_batch_sizes),
+                "gpus": list(opts.gpus),
+                "dali_instances": opts.dali_instances,
+                "dali_max_batch_size": dali_batch_size(opts),
             },
+            "built_with": versions,
             "limits": opts.limits.to_dict(),
             "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if isinstance(v, (str, int, float, bool))},
             "plan_built": plan_built,
@@ -172,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         "--timeline-window", type=float, default=None, help="video_timeline default window, s (spec's clip)"
     )
     p.add_argument("--timeline-stride", type=float, default=None, help="video_timeline default stride, s")
+    p.add_argument("--gpus", type=_int_list, default=(), help="gpu: GPU ids, e.g. '0 1' (default: all)")
+    p.add_argument(
+        "--dali-instances", type=int, default=DEFAULT_DALI_INSTANCES, help="gpu: DALI instances per GPU"
+    )
+    p.add_argument(
+        "--dali-max-batch-size", type=int, default=None, help="gpu: DALI batch (1 = every video alone)"
+    )
     args = p.parse_args(argv)
     try:
         opts = RepositoryOptions(
@@ -185,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             limits=DecodeLimits(max_bytes=args.max_video_bytes),
             timeline_window_s=args.timeline_window,
             timeline_stride_s=args.timeline_stride,
+            gpus=tuple(args.gpus),
+            dali_instances=args.dali_instances,
+            dali_max_batch_size=args.dali_max_batch_size,
         )
         build_repository(args.checkpoint, args.out, opts)
     except (CheckpointError, BuildError, ValueError) as exc:

@@ -7,9 +7,15 @@ comes from the checkpoint's :class:`~training.preprocessing.spec.PreprocessSpec`
 Layout (``V`` views, ``T`` frames, ``S`` crop size, ``K`` classes, ``N`` max batch size = videos)::
 
     video_classifier/   ensemble   VIDEO uint8 [-1] -> PROBS fp32 [K] (label_filename labels.txt); 1/ empty
-    frame_indices/      python     VIDEO -> FRAME_INDICES int32 [T]                         (gpu only)
+    frame_indices/      python     VIDEO -> FRAME_INDICES int32 [T], GEOMETRY int32 [3+2V]  (gpu only)
     preprocess/         python (cpu: PyAV reference) | dali (gpu: mixed pipeline, NVDEC)
-                                   VIDEO (+ FRAME_INDICES) -> VIEWS fp32 [V, 3, T, S, S]
+                                   VIDEO (+ FRAME_INDICES, GEOMETRY) -> VIEWS fp32 [V, 3, T, S, S]
+
+Self-contained: every python model's version folder carries a copy of the torch-free code it runs
+(``training/preprocessing``, ``triton_models/{contract,runtime}.py``) next to its ``model.py``, which puts
+that folder first on ``sys.path``. The repository is the deployable unit: copied to a volume or an object
+store, it needs only the server's own packages (NumPy, PyAV, ONNX Runtime; DALI and TensorRT on the gpu
+target), never this checkout and never torch.
     classifier/         python + ONNX Runtime (cpu) | tensorrt_plan (gpu)
                                    VIEWS [V, 3, T, S, S] -> PROBS [K]  (softmax per view, mean over views)
     video_timeline/     python, decoupled (both targets): VIDEO [-1] (+ optional WINDOW_SECONDS [1],
@@ -33,12 +39,24 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from training.preprocessing.geometry import geometry_length
 from training.preprocessing.limits import DecodeLimits
 from training.preprocessing.spec import PreprocessSpec
 from triton_models import contract
 from triton_models.runtime import write_spec_file
 
-PYTHON_MODEL_SOURCES = Path(__file__).resolve().parents[1] / "triton_models" / "python_models"
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_MODEL_SOURCES = ROOT / "triton_models" / "python_models"
+# What a python model needs from this project, copied into its version folder (torch-free by design).
+BUNDLED_FILES = (
+    "training/__init__.py",
+    "training/preprocessing/*.py",
+    "triton_models/__init__.py",
+    "triton_models/contract.py",
+    "triton_models/runtime.py",
+    "triton_models/timeline.py",
+)
+DEFAULT_DALI_INSTANCES = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,14 @@ class RepositoryOptions:
     timeline_window_s: float | None = None
     timeline_stride_s: float | None = None
     timeline_instances: int = 2
+    # gpu target: GPU ids the GPU models are placed on (empty: every GPU the server sees) and DALI instances
+    # per GPU. Each instance decodes its own batch, so several keep more of the GPU's NVDEC engines busy
+    # (H100/H200 have 7); each holds its own buffers (see docs/serving_gpu.md).
+    gpus: tuple[int, ...] = ()
+    dali_instances: int = DEFAULT_DALI_INSTANCES
+    # DALI batch: a failed sample fails its whole DALI batch. 1 runs every video alone (one bad video
+    # fails only its own request); None = max_batch_size.
+    dali_max_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.target not in contract.TARGETS:
@@ -68,7 +94,14 @@ class RepositoryOptions:
             raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
         if self.target == "cpu" and self.precision == "fp16":
             raise ValueError("precision fp16 needs the gpu target (this CPU has no fast fp16 path)")
-        for name in ("max_batch_size", "instances", "preprocess_instances", "timeline_instances"):
+        counts = (
+            "max_batch_size",
+            "instances",
+            "preprocess_instances",
+            "timeline_instances",
+            "dali_instances",
+        )
+        for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -78,6 +111,13 @@ class RepositoryOptions:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if any(not isinstance(g, int) or g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus must be distinct GPU ids >= 0, got {list(self.gpus)}")
+        dmb = self.dali_max_batch_size
+        if dmb is not None and not (isinstance(dmb, int) and 1 <= dmb <= self.max_batch_size):
+            raise ValueError(
+                f"dali_max_batch_size must be in 1..max_batch_size={self.max_batch_size}, got {dmb}"
+            )
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred batch sizes {bad} outside 1..max_batch_size={self.max_batch_size}")
@@ -108,12 +148,18 @@ def _batching(cfg: mc.ModelConfig, opts: RepositoryOptions, *, dynamic: bool = T
     cfg.dynamic_batching.preferred_batch_size.extend(opts.preferred_batch_sizes)
 
 
-def _instances(cfg: mc.ModelConfig, count: int, gpu: bool) -> None:
+def _instances(cfg: mc.ModelConfig, count: int, gpu: bool, gpus: Sequence[int] = ()) -> None:
+    """``count`` instances (per listed GPU for KIND_GPU; no list = on every GPU the server sees)."""
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     group = mc.ModelInstanceGroup(kind=kind, count=count)
     if gpu:
-        group.gpus.append(0)
+        group.gpus.extend(gpus)
     cfg.instance_group.append(group)
+
+
+def dali_batch_size(opts: RepositoryOptions) -> int:
+    """The DALI model's ``max_batch_size`` (also the serialized pipeline's batch size)."""
+    return opts.dali_max_batch_size or opts.max_batch_size
 
 
 def views_dims(spec: PreprocessSpec) -> list[int]:
@@ -123,7 +169,10 @@ def views_dims(spec: PreprocessSpec) -> list[int]:
 
 def ensemble_config(spec: PreprocessSpec, num_classes: int, opts: RepositoryOptions) -> mc.ModelConfig:
     """``video_classifier``: the only model users call."""
-    cfg = mc.ModelConfig(name=contract.ENSEMBLE, platform="ensemble", max_batch_size=opts.max_batch_size)
+    # Triton refuses an ensemble whose max_batch_size exceeds a composing model's: with an unbatched DALI
+    # model the ensemble takes one video per request (the classifier still batches across requests).
+    batch = dali_batch_size(opts) if opts.target == "gpu" else opts.max_batch_size
+    cfg = mc.ModelConfig(name=contract.ENSEMBLE, platform="ensemble", max_batch_size=batch)
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1]))
     cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes], contract.LABELS_FILE))
     steps = cfg.ensemble_scheduling.step
@@ -131,10 +180,12 @@ def ensemble_config(spec: PreprocessSpec, num_classes: int, opts: RepositoryOpti
         s = steps.add(model_name=contract.FRAME_SAMPLER, model_version=-1)
         s.input_map[contract.VIDEO] = contract.VIDEO
         s.output_map[contract.FRAME_INDICES] = contract.ENSEMBLE_FRAME_INDICES
+        s.output_map[contract.GEOMETRY] = contract.ENSEMBLE_GEOMETRY
     s = steps.add(model_name=contract.PREPROCESS, model_version=-1)
     s.input_map[contract.VIDEO] = contract.VIDEO
     if opts.target == "gpu":
         s.input_map[contract.FRAME_INDICES] = contract.ENSEMBLE_FRAME_INDICES
+        s.input_map[contract.GEOMETRY] = contract.ENSEMBLE_GEOMETRY
     s.output_map[contract.VIEWS] = contract.ENSEMBLE_VIEWS
     s = steps.add(model_name=contract.CLASSIFIER, model_version=-1)
     s.input_map[contract.VIEWS] = contract.ENSEMBLE_VIEWS
@@ -158,6 +209,7 @@ def frame_indices_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.Mo
     _batching(cfg, opts, dynamic=False)
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
     cfg.output.append(_output(contract.FRAME_INDICES, mc.TYPE_INT32, [spec.num_frames]))
+    cfg.output.append(_output(contract.GEOMETRY, mc.TYPE_INT32, [geometry_length(spec)]))
     _instances(cfg, opts.preprocess_instances, gpu=False)
     return cfg
 
@@ -166,12 +218,14 @@ def preprocess_dali_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.
     """gpu target: the serialized ``mixed`` DALI pipeline (NVDEC decode of the given frames)."""
     cfg = mc.ModelConfig(name=contract.PREPROCESS, backend="dali")
     _batching(cfg, opts)
+    cfg.max_batch_size = dali_batch_size(opts)
     # Inputs are matched to the pipeline's external_source names; outputs follow the pipeline's order.
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
     cfg.input.append(_tensor(contract.FRAME_INDICES, mc.TYPE_INT32, [spec.num_frames]))
+    cfg.input.append(_tensor(contract.GEOMETRY, mc.TYPE_INT32, [geometry_length(spec)]))
     cfg.output.append(_output(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
-    # Each DALI instance holds its own decoder and buffers: one per GPU is the usual sweet spot.
-    _instances(cfg, 1, gpu=True)
+    # Several instances per GPU: each runs its own decode sessions, so more NVDEC engines work at once.
+    _instances(cfg, opts.dali_instances, gpu=True, gpus=opts.gpus)
     return cfg
 
 
@@ -196,7 +250,7 @@ def classifier_tensorrt_config(
     _batching(cfg, opts)
     cfg.input.append(_tensor(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
     cfg.output.append(_output(contract.PROBS, mc.TYPE_FP32, [num_classes]))
-    _instances(cfg, opts.instances, gpu=True)
+    _instances(cfg, opts.instances, gpu=True, gpus=opts.gpus)
     return cfg
 
 
@@ -248,9 +302,22 @@ def parse_config(path: str | Path) -> mc.ModelConfig:
         raise ValueError(f"{path}: not a valid model config ({exc})") from exc
 
 
+def bundle_sources(version_dir: Path) -> list[Path]:
+    """Copy the torch-free project code a python model runs (:data:`BUNDLED_FILES`) into ``version_dir``."""
+    written = []
+    for pattern in BUNDLED_FILES:
+        for src in sorted(ROOT.glob(pattern)):
+            dest = version_dir / src.relative_to(ROOT)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            written.append(dest)
+    return written
+
+
 def _copy_python_model(name: str, source: str, repository: Path) -> Path:
     dest = repository / name / "1" / "model.py"
     shutil.copyfile(PYTHON_MODEL_SOURCES / source, dest)
+    bundle_sources(dest.parent)
     return dest
 
 

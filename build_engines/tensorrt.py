@@ -1,4 +1,4 @@
-"""Serving ONNX graph -> TensorRT plan, with the TensorRT 10 API (needs an NVIDIA GPU and ``tensorrt``).
+"""Serving ONNX graph -> TensorRT plan, on TensorRT 10.x or 11.x (needs an NVIDIA GPU and ``tensorrt``).
 
     python -m build_engines.tensorrt --onnx R/classifier/model.onnx --plan R/classifier/1/model.plan \\
         --precision fp16 --max-batch-size 4
@@ -7,8 +7,12 @@ Run it where the plan will be served (a plan is tied to the GPU model and Tensor
 ``nvcr.io/nvidia/tritonserver:<yy.mm>-py3``, whose TensorRT matches its tensorrt backend.
 
 FP16: ViT/TimeSformer LayerNorm and softmax overflow or lose accuracy in half precision (TimeSformer#33,
-TensorRT#1262, #2564), so those layers are pinned to FP32 with layer precision constraints and
-``OBEY_PRECISION_CONSTRAINTS``; the rest (matmuls, GELU, convolution) runs in FP16.
+TensorRT#1262, #2564). TensorRT 10.x (weakly typed): ``BuilderFlag.FP16`` with those layers pinned to FP32
+by layer precision constraints and ``OBEY_PRECISION_CONSTRAINTS``. TensorRT 11 removed those flags and
+``platform_has_fast_fp16`` (every network is strongly typed), so FP16 must come from the graph itself: the
+builder parses the mixed-precision graph of :mod:`build_engines.mixed_precision` (FP16 matmuls, GELU and
+convolution; LayerNorm, softmax and the attention logits in FP32) as a strongly typed network. Which path
+runs is decided by feature detection, not by version strings. FP32 builds are strongly typed on both.
 """
 
 from __future__ import annotations
@@ -33,22 +37,50 @@ class TensorRTUnavailable(EngineBuildError):
     """No ``tensorrt`` module or no CUDA GPU on this machine."""
 
 
+# CUDA runtimes to look for, newest first: NGC Triton 26.x containers are CUDA 13, 24.x/25.x CUDA 12.
+CUDART_NAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so")
+
+
+def _load_cudart() -> object | None:
+    import ctypes
+
+    for name in CUDART_NAMES:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
 def tensorrt_unavailable_reason() -> str | None:
     """Why a plan cannot be built here, or None when it can."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         return "the tensorrt Python package is not installed"
-    try:
-        import ctypes
+    import ctypes
 
-        cudart = ctypes.CDLL("libcudart.so.12")
-        count = ctypes.c_int(0)
-        if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:
-            return "no CUDA GPU is visible"
-    except OSError:
-        return "no CUDA runtime (libcudart.so.12) is loadable"
+    cudart = _load_cudart()
+    if cudart is None:
+        return f"no CUDA runtime ({', '.join(CUDART_NAMES[:2])}) is loadable"
+    count = ctypes.c_int(0)
+    if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value < 1:  # type: ignore[attr-defined]
+        return "no CUDA GPU is visible"
     return None
+
+
+def tensorrt_version() -> str:
+    """The installed TensorRT's version ("" when none): a plan loads only on the version that built it."""
+    try:
+        import tensorrt
+    except ImportError:
+        return ""
+    return str(tensorrt.__version__)
+
+
+def strongly_typed_only(trt: object) -> bool:
+    """TensorRT 11 removed the FP16 builder flag (every network is strongly typed); 10.x still has it."""
+    return not hasattr(trt.BuilderFlag, "FP16")  # type: ignore[attr-defined]
 
 
 def _keep_fp32(layer, trt) -> bool:  # noqa: ANN001 - tensorrt types are only importable on a GPU host
@@ -89,9 +121,20 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    typed = strongly_typed_only(trt)
+    source = onnx_path
+    if precision == "fp16" and typed:
+        # Strongly typed (TensorRT 11): precision is what the graph's own types say, so the FP16 graph is
+        # made here, with LayerNorm, softmax and the attention logits kept in FP32 by casts.
+        from build_engines.mixed_precision import convert_to_mixed_fp16
+
+        source = convert_to_mixed_fp16(onnx_path, plan_path.with_suffix(".fp16.onnx"))
+    flags = 0
+    if typed or precision == "fp32":
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)  # explicit batch is the only mode since 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(source)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         for e in errors:
             logger.log(trt.Logger.ERROR, e)
@@ -101,7 +144,8 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
+    if precision == "fp16" and not typed:
+        # TensorRT 10: weakly typed network, FP16 by builder flag with LayerNorm/softmax pinned to FP32.
         if not builder.platform_has_fast_fp16:
             raise EngineBuildError("precision fp16 requested but this GPU has no fast FP16")
         config.set_flag(trt.BuilderFlag.FP16)

@@ -47,7 +47,8 @@ def _run_dali(
     path: Path, spec: PreprocessSpec, rng: np.random.Generator | None
 ) -> tuple[np.ndarray, list[int]]:
     from training.preprocessing.dali import build_pipeline, run_pipeline
-    from training.preprocessing.decode import VideoDecodeError, sample_video_indices
+    from training.preprocessing.decode import VideoDecodeError, probe_display_rotation, sample_video_indices
+    from training.preprocessing.geometry import serving_geometry
 
     indices, info = sample_video_indices(path, spec, rng=rng)  # the reference's draws for the same seed
     if info.codec not in ("vp8", "vp9", "mjpeg"):
@@ -56,7 +57,11 @@ def _run_dali(
             "(use --backend reference)"
         )
     try:
-        (out,) = run_pipeline(build_pipeline(spec, device="cpu"), [path.read_bytes()], [indices])
+        geometry = serving_geometry(info.height, info.width, probe_display_rotation(path), spec)
+    except ValueError as exc:
+        raise VideoDecodeError(f"{path}: {exc}") from exc
+    try:
+        (out,) = run_pipeline(build_pipeline(spec, device="cpu"), [path.read_bytes()], [indices], [geometry])
     except RuntimeError as exc:
         raise VideoDecodeError(f"{path}: DALI failed: {str(exc).splitlines()[0]}") from exc
     return out, indices.tolist()

@@ -5,8 +5,8 @@ lower_snake names are the ensemble's intermediate tensors and the composing mode
 
 The ensemble users call::
 
-    VIDEO (uint8 [-1], one whole encoded file) ─┬─> [frame_indices] ─> frame_indices ─┐   (gpu target only)
-                                                └──────────────────────────────────────┴─> [preprocess]
+    VIDEO (uint8 [-1], one encoded file) ─┬─> [frame_indices] ─> frame_indices, geometry ─┐  (gpu only)
+                                          └──────────────────────────────────────────────┴─> [preprocess]
         [preprocess] ─> views (V, 3, T, H, W) ─> [classifier] ─> PROBS (num_classes)
 
 ``PROBS`` is the softmax of each view's logits averaged over the V views, so it sums to 1 (unlike
@@ -36,6 +36,9 @@ VIDEO = "VIDEO"
 """uint8 [-1]: the bytes of one encoded video file (container and all)."""
 FRAME_INDICES = "FRAME_INDICES"
 """int32 [T]: frame numbers to decode, in output order."""
+GEOMETRY = "GEOMETRY"
+"""int32 [3 + 2V]: display rotation, resized size and crop corners for the DALI step (gpu target only;
+see ``training.preprocessing.geometry``)."""
 VIEWS = "VIEWS"
 """float32 [V, 3, T, H, W]: the normalised crops of one video."""
 PROBS = "PROBS"
@@ -49,6 +52,7 @@ WINDOW = "WINDOW"
 
 # Ensemble-internal tensor names (lower_snake, as in dali_backend's examples).
 ENSEMBLE_FRAME_INDICES = "frame_indices"
+ENSEMBLE_GEOMETRY = "geometry"
 ENSEMBLE_VIEWS = "views"
 
 # --- files inside a generated repository ------------------------------------------------------------

@@ -114,14 +114,21 @@ def preprocess_payload(array: np.ndarray, spec: PreprocessSpec, limits: DecodeLi
     return np.ascontiguousarray(clip.views, dtype=np.float32)  # (V, 3, T, H, W)
 
 
-def frame_indices_payload(array: np.ndarray, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:
-    """gpu target's ``frame_indices`` model: probe the container (demux only, nothing decoded) and pick
-    the frames DALI will decode, with the sampling shared by every implementation. Returns int32 (T,)."""
-    from training.preprocessing.decode import sample_video_indices
+def frame_indices_payload(
+    array: np.ndarray, spec: PreprocessSpec, limits: DecodeLimits
+) -> dict[str, np.ndarray]:
+    """gpu target's ``frame_indices`` model: probe the container (demux only, plus one frame for the display
+    rotation), refuse what the GPU decoder cannot decode or would count differently, pick the frames with
+    the sampling every implementation shares and work out the resize/crop geometry. Returns
+    ``{FRAME_INDICES: int32 (T,), GEOMETRY: int32 (3 + 2V,)}``."""
+    from training.preprocessing.nvdec import plan_gpu_decode
 
     data = video_payload(array, limits)
-    indices, _ = sample_video_indices(data, spec, limits=limits.for_serving())
-    return np.ascontiguousarray(indices, dtype=np.int32)  # (T,)
+    indices, geometry = plan_gpu_decode(data, spec, limits=limits.for_serving())
+    return {
+        contract.FRAME_INDICES: np.ascontiguousarray(indices, dtype=np.int32),  # (T,)
+        contract.GEOMETRY: np.ascontiguousarray(geometry, dtype=np.int32),  # (3 + 2V,)
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,13 +220,18 @@ def error_response(pb_utils: Any, exc: BaseException) -> Any:
 def serve_each(
     pb_utils: Any, requests: Sequence[Any], input_name: str, output_name: str, fn: Callable[[np.ndarray], Any]
 ) -> list:
-    """Call ``fn`` on each request's input and answer it; outputs get the leading batch dim of 1."""
+    """Call ``fn`` on each request's input and answer it; outputs get the leading batch dim of 1.
+
+    ``fn`` returns the array for ``output_name``, or a dict of output name -> array for several outputs.
+    """
     responses = []
     for request in requests:
         try:
             array = pb_utils.get_input_tensor_by_name(request, input_name).as_numpy()
-            out = np.asarray(fn(array))[None]  # (1, ...)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(output_name, out)]))
+            result = fn(array)
+            outs = result if isinstance(result, dict) else {output_name: result}
+            tensors = [pb_utils.Tensor(name, np.asarray(x)[None]) for name, x in outs.items()]  # (1, ...)
+            responses.append(pb_utils.InferenceResponse(tensors))
         except Exception as exc:  # every failure is this request's alone
             responses.append(error_response(pb_utils, exc))
     return responses

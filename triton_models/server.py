@@ -6,8 +6,8 @@ version. The stub must sit next to ``libtriton_python.so``; the wheel's folder i
 ``libcudart`` through an ``$ORIGIN`` rpath, which follows the symlink to the wheel).
 
 The stub embeds the CPython it was linked against (``libpython3.X.so``). We point it at this interpreter's
-own shared library and prefix (``LD_LIBRARY_PATH``/``PYTHONHOME``) and put the project and the active
-environment's site-packages on ``PYTHONPATH``, so python-backend models import exactly what this process can.
+own shared library and prefix (``LD_LIBRARY_PATH``/``PYTHONHOME``) and put the active environment's
+site-packages on ``PYTHONPATH`` -- not the project: a generated repository carries its own code.
 
 Use :class:`TritonServer` as a context manager in tests and tools, or the CLI for a long-running server::
 
@@ -115,10 +115,12 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
         env["PYTHONHOME"] = sys.base_prefix
     site = sysconfig.get_paths()["purelib"]
     platsite = sysconfig.get_paths()["platlib"]
-    parts = [str(ROOT), site, platsite, *env.get("PYTHONPATH", "").split(os.pathsep)]
+    # The environment's packages only: a generated repository carries the project code its python models
+    # run, so the checkout is deliberately not on the path (a model that needed it would fail here too).
+    parts = [site, platsite, *env.get("PYTHONPATH", "").split(os.pathsep)]
     seen: list[str] = []
     for p in parts:
-        if p and p not in seen:
+        if p and p not in seen and Path(p).resolve() != ROOT:
             seen.append(p)
     env["PYTHONPATH"] = os.pathsep.join(seen)
     # The stub finds its prefix through `python3` on PATH: make that this environment's interpreter.

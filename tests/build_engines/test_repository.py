@@ -114,7 +114,8 @@ def test_every_config_parses_and_matches_the_checkpoint(repos, target: str) -> N
             [ckpt.preprocess.num_frames],
         )
         assert pre.backend == "dali"
-        assert [i.name for i in pre.input] == [contract.VIDEO, contract.FRAME_INDICES]
+        assert [i.name for i in pre.input] == [contract.VIDEO, contract.FRAME_INDICES, contract.GEOMETRY]
+        assert [o.name for o in fi.output] == [contract.FRAME_INDICES, contract.GEOMETRY]
         assert pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
         assert cls.platform == "tensorrt_plan" and cls.default_model_filename == contract.PLAN_FILE
         assert (repo / contract.PREPROCESS / "1" / contract.DALI_FILE).stat().st_size > 0
@@ -199,18 +200,19 @@ def test_gpu_frame_indices_feed_dali_to_the_reference_result(tmp_path: Path) -> 
     from training.preprocessing.dali import build_pipeline, run_pipeline
 
     spec = PreprocessSpec(num_frames=4, short_side=32, crop_size=32)
-    path = encode_video(tmp_path / "v.webm", moving_square_frames(20, 48, 64, seed=5), "vp9")
+    path = encode_video(tmp_path / "v.webm", moving_square_frames(20, 128, 176, seed=5), "vp9")
     data = np.fromfile(path, np.uint8)
-    indices = frame_indices_payload(data[None], spec, DecodeLimits())
+    out = frame_indices_payload(data[None], spec, DecodeLimits())
+    indices, geometry = out[contract.FRAME_INDICES], out[contract.GEOMETRY]
     ref = preprocess_video(path, spec)
     assert indices.dtype == np.int32 and list(indices) == ref.indices
     pipe = build_pipeline(spec, device="cpu", batch_size=1, num_threads=1)
-    (views,) = run_pipeline(pipe, [data], [indices])
+    (views,) = run_pipeline(pipe, [data], [indices], [geometry])
     assert views.shape == ref.views.shape == spec.output_shape
     # DALI and libswscale upsample 4:2:0 chroma differently: a few 8-bit levels on average, more on edges.
     diff = np.abs(views - ref.views) * 255
     assert diff.mean() < 3.0 and diff.max() < 24.0
-    (wrong,) = run_pipeline(pipe, [data], [indices[::-1].copy()])  # other frames differ far more
+    (wrong,) = run_pipeline(pipe, [data], [indices[::-1].copy()], [geometry])  # other frames differ more
     assert (np.abs(wrong - ref.views) * 255).mean() > 2 * diff.mean()
 
 
@@ -253,3 +255,29 @@ def test_tensorrt_step_says_why_it_cannot_run(tmp_path: Path) -> None:
         timeout=120,
     )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and reason in r.stderr
+
+
+def test_gpu_placement_and_dali_instances_are_options(tmp_path: Path) -> None:
+    """Default: GPU models on every GPU the server sees (no ``gpus`` list) with several DALI instances per
+    GPU (one left most NVDEC engines idle); ids, instances and the DALI batch follow the options."""
+    from build_engines.repository import DEFAULT_DALI_INSTANCES, generate_configs
+
+    spec, labels = PreprocessSpec(num_frames=4, crop_size=32, short_side=32), TINY_LABELS
+    generate_configs(tmp_path / "d", spec, labels, RepositoryOptions(target="gpu"))
+    pre = parse_config(tmp_path / "d" / contract.PREPROCESS / "config.pbtxt")
+    (group,) = pre.instance_group
+    assert list(group.gpus) == [] and group.count == DEFAULT_DALI_INSTANCES > 1
+    opts = RepositoryOptions(
+        target="gpu", gpus=(0, 2), dali_instances=3, max_batch_size=8, dali_max_batch_size=1
+    )
+    generate_configs(tmp_path / "o", spec, labels, opts)
+    pre = parse_config(tmp_path / "o" / contract.PREPROCESS / "config.pbtxt")
+    cls = parse_config(tmp_path / "o" / contract.CLASSIFIER / "config.pbtxt")
+    assert list(pre.instance_group[0].gpus) == [0, 2] and pre.instance_group[0].count == 3
+    assert list(cls.instance_group[0].gpus) == [0, 2]
+    assert pre.max_batch_size == 1 and cls.max_batch_size == 8  # every video alone through DALI
+    # Triton refuses an ensemble allowing more than a composing model (checked on the wheel's server).
+    assert parse_config(tmp_path / "o" / contract.ENSEMBLE / "config.pbtxt").max_batch_size == 1
+    for bad in ({"gpus": (0, 0)}, {"gpus": (-1,)}, {"dali_instances": 0}, {"dali_max_batch_size": 9}):
+        with pytest.raises(ValueError):
+            RepositoryOptions(target="gpu", max_batch_size=8, **bad)

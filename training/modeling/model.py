@@ -137,7 +137,9 @@ class Attention(nn.Module):
                 q, k, v, dropout_p=self.attn_drop_p if self.training else 0.0, scale=self.scale
             )
         else:
-            attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, heads, N, N)
+            # Scale q before the product (as SDPA does): the logits never exist unscaled, so an FP16 engine
+            # cannot overflow on them (|q.k| grows with head_dim; scaled, it stays in softmax's range).
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
             attn = attn.softmax(dim=-1)
             attn = self.attn_drop(attn)
             x = attn @ v  # (B, heads, N, head_dim)

@@ -62,6 +62,8 @@ class VideoInfo:
     frame_pts: list[int] | None  # presentation-ordered pts, None when timestamps are unusable
     keyframe_pts: list[int] = field(default_factory=list)  # sorted pts of keyframe packets
     truncated: bool = False  # the demuxer stopped on an error before the end of the data
+    profile: str | None = None  # codec profile as FFmpeg names it ("High", "Main 10", ...)
+    negative_pts: int = 0  # packets presented before time 0 (edit-list pre-roll), counted in total_frames
 
     @property
     def seekable(self) -> bool:
@@ -193,6 +195,7 @@ def _probe_container(container: Any, name: str, limits: DecodeLimits) -> VideoIn
     except av.error.FFmpegError:
         truncated = True  # decode what was demuxed; the decoder decides what is sound
     frame_pts: list[int] | None = None
+    negative = sum(1 for p in pts if p is not None and p < 0)
     if pts and all(p is not None for p in pts):
         ordered = sorted(pts)  # type: ignore[type-var]
         if len(set(ordered)) == len(ordered):
@@ -208,6 +211,8 @@ def _probe_container(container: Any, name: str, limits: DecodeLimits) -> VideoIn
         frame_pts=frame_pts,
         keyframe_pts=sorted(keys),
         truncated=truncated,
+        profile=stream.profile,
+        negative_pts=negative,
     )
 
 
@@ -540,6 +545,26 @@ def sample_video_indices(
     if info.total_frames == 0:
         raise VideoDecodeError(f"{_describe(source)}: the video stream holds no frames")
     return sample_indices(info.total_frames, info.fps, spec, rng).astype(np.int32), info
+
+
+def probe_display_rotation(source: VideoSource, *, limits: DecodeLimits | None = None) -> int:
+    """The display rotation (counter-clockwise quarter turns in degrees, as the reference applies it).
+
+    FFmpeg hands the display matrix to decoded frames only (PyAV exposes no stream side data), so this
+    decodes the first frame the decoder gives -- one frame, not the video -- and reads it there.
+    """
+    limits = limits or DEFAULT_LIMITS
+    opener, name = _as_opener(source, limits)
+    container = _open(opener, name)
+    try:
+        stream = _video_stream(container, name)
+        _configure(stream, limits, 1)
+        work = _Work(name, limits.max_decoded_frames)
+        for frame in _frames(container, stream, work):
+            return _frame_rotation(frame, stream)
+    finally:
+        container.close()
+    raise VideoDecodeError(f"{name}: no frame could be decoded")
 
 
 def decode_clip(

@@ -1,18 +1,25 @@
-"""Triton python-backend model ``frame_indices`` (gpu target): VIDEO bytes -> FRAME_INDICES int32 (T,).
+"""Triton python-backend model ``frame_indices`` (gpu target): VIDEO bytes -> FRAME_INDICES int32 (T,),
+GEOMETRY int32 (3 + 2V,).
 
 Copied into the generated repository as ``frame_indices/1/model.py``. It demuxes the container with PyAV
-(nothing is decoded) to learn the frame count and rate, then applies the sampling every implementation
-shares; the DALI ``preprocess`` model then decodes exactly those frames on the GPU. Being the ensemble's
-first step, it is also where a bad file is refused with a per-request INVALID_ARGUMENT error.
+(one frame is decoded, for the display rotation) to learn the frame count, rate and size, applies the
+sampling every implementation shares and computes the resize/crop geometry; the DALI ``preprocess`` model
+then decodes exactly those frames on the GPU. Being the ensemble's first step, it is also where a bad file,
+or one the GPU decoder cannot decode, is refused with a per-request INVALID_ARGUMENT error naming the
+reason -- before it could fail a whole DALI batch.
 """
 
 import os
 import sys
+from pathlib import Path
 
-# The backend stub's embedded interpreter ignores PYTHONPATH; put the project on sys.path from it.
+# The backend stub's embedded interpreter ignores PYTHONPATH: take the environment's packages from it.
 for _p in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
     if _p and _p not in sys.path:
         sys.path.insert(0, _p)
+# The project code this model runs is bundled beside this file (the repository is self-contained): it goes
+# first, so a checkout elsewhere on the path is never what runs.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 

@@ -6,11 +6,15 @@ Copied into the generated repository as ``preprocess/1/model.py``; the work is d
 
 import os
 import sys
+from pathlib import Path
 
-# The backend stub's embedded interpreter ignores PYTHONPATH; TritonServer puts the project there.
+# The backend stub's embedded interpreter ignores PYTHONPATH: take the environment's packages from it.
 for _p in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
     if _p and _p not in sys.path:
         sys.path.insert(0, _p)
+# The project code this model runs is bundled beside this file (the repository is self-contained): it goes
+# first, so a checkout elsewhere on the path is never what runs.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
