@@ -314,8 +314,8 @@ def quantize_static_graph(
     reduce_range: bool,
     cache: Path,
 ) -> Path:
-    """Static QDQ (U8S8, per-channel weights) of every MatMul/Gemm not in ``exclude``; ranges cached in ``cache``
-    so that later ladder steps do not calibrate again."""
+    """Static QDQ (U8S8, per-channel weights) of every MatMul/Gemm not in ``exclude``; ranges cached in
+    ``cache`` so that later ladder steps do not calibrate again."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     reader = ViewsReader(views)
