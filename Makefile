@@ -81,8 +81,9 @@ test-fast: setup
 
 # Triton vs in-process vs naive on real videos -> benchmarks/results/<timestamp>/report.md.
 # QUICK=1: tiny model, short sweep (< 10 min on 2 cores). BENCH_ARGS: e.g. "--model base", "--soak 10".
+# PRECISION=int8: the suite on the int8 repository (BENCH_ARGS="--calibration LIST" for static ranges).
 bench: setup
-	$(PY) -m benchmarks.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick) --precision $(PRECISION) $(BENCH_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .
