@@ -554,10 +554,9 @@ def run(args: argparse.Namespace) -> Path:
             from build_engines.quantize import QuantizeOptions
 
             # Random weights give near-uniform probabilities whose top-1 int8 may flip at will: their
-            # agreement is recorded, not required (a real --checkpoint keeps the build's 0.99 default).
-            floor = (
-                args.min_agreement if args.min_agreement is not None else (0.99 if args.checkpoint else 0.0)
-            )
+            # agreement is recorded, not required (a trained checkpoint keeps the build's 0.99 default).
+            default_floor = 0.0 if source.startswith("random weights") else 0.99
+            floor = args.min_agreement if args.min_agreement is not None else default_floor
             calibration = Path(args.calibration) if args.calibration else None
             quantize = QuantizeOptions(calibration=calibration, min_agreement=floor)
         t0 = time.perf_counter()
