@@ -25,8 +25,9 @@ The guard: the int8 graph and the fp32 graph run on the same inputs -- the held-
 calibration videos (every 4th; all of them when fewer than 4), or seeded random views for a dynamic
 build -- and the build reports top-1 agreement and the largest probability difference. When agreement is
 below ``min_agreement``, the static build retries with the attention products in fp32, then with the
-classifier head in fp32 too ("anything that measurably hurts stays fp32"); if none reaches it, the build
-is refused with :class:`AgreementError`. The fp32 graph stays in the repository as the reference
+classifier head in fp32 too (a dynamic build: with the head in fp32) -- "anything that measurably hurts
+stays fp32"; the first variant that reaches it ships, and if none does the build is refused with
+:class:`AgreementError`. The fp32 graph stays in the repository as the reference
 (``classifier/model_fp32.onnx``), next to the served ``classifier/1/model.onnx``.
 """
 
