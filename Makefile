@@ -26,6 +26,9 @@ $(STAMP): requirements.txt
 
 # The whole story on the CPU: synthetic motion videos -> tiny TimeSformer -> cpu repository -> Triton ->
 # held-out videos classified over gRPC and HTTP. The server is stopped on success and on failure (trap).
+# PRECISION=int8 serves the int8 graph, calibrated on the whole training list: 450 videos fit the ranges,
+# 150 held out check agreement with fp32 (make demo PRECISION=int8).
+PRECISION ?= fp32
 DEMO_DATA := data/synthetic
 DEMO_RUN := runs/synthetic_tiny
 DEMO_REPO := model_repository_demo
@@ -39,7 +42,8 @@ demo: setup
 	if [ -f $(DEMO_RUN)/best.pt ]; then echo "demo: $(DEMO_RUN)/best.pt exists (make clean to retrain)"; \
 	else $(PY) -m training.train -c training/configs/synthetic_tiny.yaml \
 	  -o output_dir=$(DEMO_RUN) -o data.root=$(DEMO_DATA); fi; \
-	$(PY) -m build_engines.build --checkpoint $(DEMO_RUN)/best.pt --target cpu -o $(DEMO_REPO); \
+	$(PY) -m build_engines.build --checkpoint $(DEMO_RUN)/best.pt --target cpu -o $(DEMO_REPO) \
+	  --precision $(PRECISION) $(if $(filter int8,$(PRECISION)),--calibration $(DEMO_DATA)/train.list --calibration-size 600); \
 	$(PY) -m triton_models.server stop --state-dir $(DEMO_STATE) >/dev/null; \
 	$(PY) -m triton_models.server start --repository $(DEMO_REPO) --state-dir $(DEMO_STATE); \
 	$(PY) -m clients.demo --data $(DEMO_DATA) --state-dir $(DEMO_STATE)
@@ -78,8 +82,9 @@ test-fast: setup
 
 # Triton vs in-process vs naive on real videos -> benchmarks/results/<timestamp>/report.md.
 # QUICK=1: tiny model, short sweep (< 10 min on 2 cores). BENCH_ARGS: e.g. "--model base", "--soak 10".
+# PRECISION=int8: the suite on the int8 repository (BENCH_ARGS="--calibration LIST" for static ranges).
 bench: setup
-	$(PY) -m benchmarks.run $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick) --precision $(PRECISION) $(BENCH_ARGS)
 
 # Render the Kubernetes deployment of a target (kubectl's built-in Kustomize; no cluster needed).
 k8s-render:

@@ -353,6 +353,7 @@ def _header_section(results: Mapping[str, Any]) -> list[str]:
         f"{spec.get('short_side')}, {spec.get('crops')} crops of {spec.get('crop_size')} -> "
         f"{results.get('views_per_video', '?')} views per video",
         f"- server: {results.get('server', '?')}",
+        f"- classifier precision: {_precision_line(results)}",
         "",
         "## Headline",
         "",
@@ -551,6 +552,20 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str]) -> str
 
     lines += _machine_section(results)
     return "\n".join(lines)
+
+
+def _precision_line(results: Mapping[str, Any]) -> str:
+    """fp32, or int8 with how it was quantized and how well it agrees with fp32 (from ``serving.json``)."""
+    precision = results.get("repository_options", {}).get("precision", "fp32")
+    q = results.get("quantization")
+    if not q:
+        return str(precision)
+    a = q.get("agreement", {})
+    return (
+        f"{precision} ({q.get('mode')}, {q.get('variant')}): top-1 agreement with fp32 "
+        f"{_fmt(a.get('top1_agreement'), 4)}, largest probability difference "
+        f"{_fmt(a.get('max_prob_diff'), 4)} on {a.get('samples')} {a.get('evaluated_on')}"
+    )
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:

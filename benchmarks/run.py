@@ -137,13 +137,16 @@ def bench_checkpoint(model: str, work_dir: Path, override: str | None = None) ->
     return path, note
 
 
-def build_cpu_repository(checkpoint: Path, out: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The cpu model repository for ``checkpoint`` (ONNX Runtime classifier, PyAV preprocessing)."""
+def build_cpu_repository(
+    checkpoint: Path, out: Path, options: Mapping[str, Any], quantize: Any = None
+) -> dict[str, Any]:
+    """The cpu model repository for ``checkpoint`` (ONNX Runtime classifier, PyAV preprocessing);
+    ``quantize`` (:class:`build_engines.quantize.QuantizeOptions`) for an int8 one."""
     from build_engines.build import build_repository
     from build_engines.repository import RepositoryOptions
 
     opts = RepositoryOptions(target="cpu", **options)
-    return build_repository(checkpoint, out, opts, log=lambda msg: tqdm.write(msg))
+    return build_repository(checkpoint, out, opts, quantize=quantize, log=lambda msg: tqdm.write(msg))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -397,8 +400,11 @@ def best_pass(*passes: Any) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, str]:
-    """CPU model, cores and memory of this host (the server runs here too)."""
+    """CPU model, the ISA flags that decide int8/bf16 speed, cores and memory of this host (the server runs
+    here too)."""
     import psutil
+
+    from build_engines.quantize import cpu_flags
 
     cpu = platform.processor() or "?"
     with contextlib.suppress(OSError):
@@ -416,6 +422,8 @@ def machine_info() -> dict[str, str]:
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "os": f"{platform.system()} {platform.release()}, glibc {platform.libc_ver()[1] or '?'}",
         "python": platform.python_version(),
+        "cpu flags": ", ".join(name for name, on in cpu_flags().items() if on)
+        or "none of " + ", ".join(cpu_flags()),
     }
 
 
@@ -527,9 +535,22 @@ def prepare_model(args: argparse.Namespace, work: Path, results: dict[str, Any])
             "instances": args.instances,
             "preprocess_instances": args.preprocess_instances,
             "max_queue_delay_us": args.max_queue_delay_us,
+            "precision": args.precision,
         }
+        quantize = None
+        if args.precision == "int8":
+            from build_engines.quantize import QuantizeOptions
+
+            # Random weights give near-uniform probabilities whose top-1 int8 may flip at will: their
+            # agreement is recorded, not required (a trained checkpoint keeps the build's 0.99 default).
+            default_floor = 0.0 if source.startswith("random weights") else 0.99
+            floor = args.min_agreement if args.min_agreement is not None else default_floor
+            calibration = Path(args.calibration) if args.calibration else None
+            quantize = QuantizeOptions(calibration=calibration, min_agreement=floor)
         t0 = time.perf_counter()
-        build_cpu_repository(ckpt_path, repository, options)
+        record = build_cpu_repository(ckpt_path, repository, options, quantize)
+        if "quantization" in record:
+            results["quantization"] = record["quantization"]
         results.update(
             checkpoint=str(ckpt_path.relative_to(ROOT) if ckpt_path.is_relative_to(ROOT) else ckpt_path),
             checkpoint_source=source,
@@ -768,6 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=1, help="repository: classifier instances")
     p.add_argument("--preprocess-instances", type=int, default=2, help="repository: decoding instances")
     p.add_argument("--max-queue-delay-us", type=int, default=5000, help="repository: dynamic batcher wait")
+    p.add_argument(
+        "--precision", choices=("fp32", "int8"), default="fp32", help="repository: classifier precision"
+    )
+    p.add_argument("--calibration", help="repository, int8: video list for static calibration (else dynamic)")
+    p.add_argument(
+        "--min-agreement", type=float, help="repository, int8: default 0.99 (0 for random weights)"
+    )
     p.add_argument("--out", help="run folder (default benchmarks/results/<timestamp>)")
     return p
 

@@ -9,9 +9,12 @@ Frame count, crop, mean/std, label names and class count come from the checkpoin
    views ``VIEWS (B, V, 3, T, S, S)`` -> ``PROBS (B, K)`` = softmax per view, mean over views -- both
    ONNX Runtime (cpu) and TensorRT (gpu) then run the post-processing inside the graph;
 2. configs, labels, spec files and python models (:mod:`build_engines.repository`);
-3. cpu: ``classifier/1/model.onnx``. gpu: ``preprocess/1/model.dali`` (the serialized ``mixed`` DALI
-   pipeline) and ``classifier/1/model.plan`` -- built here only when TensorRT and a GPU are present;
-   otherwise the ONNX graph is left at ``classifier/model.onnx`` with the command that builds the plan.
+3. cpu: ``classifier/1/model.onnx``; with ``--precision int8`` that is the int8 graph
+   (:mod:`build_engines.quantize`, refused below ``--min-agreement``) and the fp32 graph it was checked
+   against stays at ``classifier/model_fp32.onnx``; both are named in ``serving.json``.
+   gpu: ``preprocess/1/model.dali`` (the serialized ``mixed`` DALI pipeline) and
+   ``classifier/1/model.plan`` -- built here only when TensorRT and a GPU are present; otherwise the ONNX
+   graph is left at ``classifier/model.onnx`` with the command that builds the plan.
 
 The repository is built in a temporary folder next to ``-o`` and swapped in at the end, so a failed build
 never leaves a half-written repository behind.
@@ -29,6 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from build_engines.export_onnx import ExportError, export_onnx
+from build_engines.quantize import (
+    FP32_REFERENCE_FILE,
+    QuantizeOptions,
+    load_calibration,
+    quantize_serving_graph,
+)
 from build_engines.repository import (
     DEFAULT_DALI_INSTANCES,
     RepositoryOptions,
@@ -79,9 +88,12 @@ def build_repository(
     out: str | Path,
     options: RepositoryOptions | None = None,
     *,
+    quantize: QuantizeOptions | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Build the repository at ``out`` and return its ``serving.json`` record (plus ``plan_built``)."""
+    """Build the repository at ``out`` and return its ``serving.json`` record (plus ``plan_built``).
+
+    ``quantize`` sets calibration and the agreement guard of an int8 build (default: dynamic, 0.99)."""
     opts = options or RepositoryOptions()
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     out = Path(out)
@@ -89,10 +101,22 @@ def build_repository(
     spec, labels = ckpt.preprocess, ckpt.label_names()
     plan_built = False
     versions: dict[str, str] = {}
+    quantization = None
     try:
         t0 = time.perf_counter()
+        qopts = quantize or QuantizeOptions()
+        calibration = load_calibration(qopts, spec, log=log) if opts.precision == "int8" else None
         generate_configs(tmp, spec, labels, opts)
-        if opts.target == "cpu":
+        if opts.target == "cpu" and opts.precision == "int8":
+            fp32_path = _export(ckpt, tmp / contract.CLASSIFIER / FP32_REFERENCE_FILE)
+            log(f"build: fp32 serving graph {fp32_path.relative_to(tmp)} (ONNX Runtime matches PyTorch)")
+            int8_path = tmp / contract.CLASSIFIER / "1" / contract.ONNX_FILE
+            assert calibration is not None
+            quantization = quantize_serving_graph(
+                fp32_path, int8_path, calibration, qopts.min_agreement, repository=tmp, log=log
+            ).to_dict()
+            log(f"build: int8 serving graph {int8_path.relative_to(tmp)} ({quantization['mode']})")
+        elif opts.target == "cpu":
             onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / "1" / contract.ONNX_FILE)
             log(f"build: serving graph {onnx_path.relative_to(tmp)} (ONNX Runtime matches PyTorch)")
         else:
@@ -145,6 +169,8 @@ def build_repository(
             "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if isinstance(v, (str, int, float, bool))},
             "plan_built": plan_built,
         }
+        if quantization is not None:
+            record["quantization"] = quantization
         (tmp / contract.SERVING_FILE).write_text(json.dumps(record, indent=2) + "\n")
         # Swap in: old repository (if any) moved aside first, removed only after the rename succeeded.
         old = None
@@ -178,7 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", choices=contract.TARGETS, default="cpu")
     p.add_argument("-o", "--out", default="model_repository", help="repository folder to (re)create")
     p.add_argument("--max-batch-size", type=int, default=4, help="videos per dynamic batch")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default=None, help="default: cpu fp32, gpu fp16")
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), default=None, help="default: cpu fp32, gpu fp16"
+    )
+    p.add_argument("--calibration", type=Path, default=None, help="int8: video list for static calibration")
+    p.add_argument("--calibration-size", type=int, default=32, help="int8: videos used from the list at most")
+    p.add_argument(
+        "--min-agreement", type=float, default=0.99, help="int8: required top-1 agreement with fp32"
+    )
     p.add_argument("--instances", type=int, default=1, help="classifier instances")
     p.add_argument("--preprocess-instances", type=int, default=2, help="decoding instances")
     p.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher wait (us)")
@@ -212,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             dali_instances=args.dali_instances,
             dali_max_batch_size=args.dali_max_batch_size,
         )
-        build_repository(args.checkpoint, args.out, opts)
+        if opts.precision != "int8" and args.calibration is not None:
+            raise BuildError("--calibration needs --precision int8")
+        quantize = QuantizeOptions(args.calibration, args.min_agreement, args.calibration_size)
+        build_repository(args.checkpoint, args.out, opts, quantize=quantize)
     except (CheckpointError, BuildError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the cause
         return 2

@@ -90,10 +90,12 @@ class RepositoryOptions:
     def __post_init__(self) -> None:
         if self.target not in contract.TARGETS:
             raise ValueError(f"target must be one of {contract.TARGETS}, got {self.target!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be fp32, fp16 or int8, got {self.precision!r}")
         if self.target == "cpu" and self.precision == "fp16":
             raise ValueError("precision fp16 needs the gpu target (this CPU has no fast fp16 path)")
+        if self.target == "gpu" and self.precision == "int8":
+            raise ValueError("precision int8 is a cpu-target build (the gpu plan runs fp16 or fp32)")
         counts = (
             "max_batch_size",
             "instances",

@@ -5,7 +5,9 @@
 Every video of ``val.list`` goes to the server over gRPC and again over HTTP (concurrently, raw bytes);
 it prints a few predictions, checks that both protocols agree, and ends with exactly one line::
 
-    demo: served top-1 accuracy <X> on <N> held-out videos
+    demo: served top-1 accuracy <X> (<precision>) on <N> held-out videos
+
+where ``<precision>`` (fp32, int8) is what the served repository's ``serving.json`` records.
 
 Exit 1 when a request fails or the protocols disagree, 2 for a missing list or server.
 """
@@ -13,6 +15,7 @@ Exit 1 when a request fails or the protocols disagree, 2 for a missing list or s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,12 +24,22 @@ import numpy as np
 
 from clients.classify import classify_files
 from training.data.lists import read_file_list
+from triton_models.contract import SERVING_FILE
 from triton_models.server import DEFAULT_STATE_DIR, read_state
 
 
 def read_list(path: Path) -> list[tuple[Path, int]]:
     """A labelled file list (``relative/path label`` lines) -> (absolute path, label id)."""
     return [(path.parent / e.path, e.label) for e in read_file_list(path)]
+
+
+def served_precision(state: dict) -> str:
+    """The classifier's precision recorded in the running server's repository (``unknown`` if unreadable)."""
+    try:
+        record = json.loads((Path(state["repository"]) / SERVING_FILE).read_text())
+        return str(record["options"]["precision"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: gRPC and HTTP top-1 agree on only {agree:.1%} of the videos", file=sys.stderr)
         return 1
     accuracy = float((grpc_top1 == truth).mean())
-    print(f"demo: served top-1 accuracy {accuracy:.3f} on {len(paths)} held-out videos")
+    precision = served_precision(state)
+    print(f"demo: served top-1 accuracy {accuracy:.3f} ({precision}) on {len(paths)} held-out videos")
     return 0
 
 
