@@ -34,7 +34,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +257,16 @@ def top_k(probs: np.ndarray, k: int) -> tuple[list[int], list[float]]:
     return [int(i) for i in idx], [float(p[i]) for i in idx]
 
 
+@dataclass
+class Attempted:
+    """What :meth:`Scorer.with_retries` got: the request's value, or the reason it failed for good."""
+
+    value: Any = None
+    endpoint: str | None = None
+    attempt: int = 0
+    error: str = ""
+
+
 class Scorer:
     """Scores single items against the pool with retries; returns one finished row per item."""
 
@@ -304,26 +314,22 @@ class Scorer:
             )
         return await loop.run_in_executor(self.io, read_video, target, self.cfg.max_bytes)
 
-    async def score(self, item: InputItem) -> dict[str, Any]:
-        """One row for ``item``; raises only :class:`AllEndpointsDown`."""
-        data = await self.read(item)
-        if isinstance(data, str):
-            return self._row(item, error=data)
+    async def with_retries(
+        self,
+        request: Callable[[Endpoint], Awaitable[Any]],
+        labels_for: Callable[[Endpoint], Awaitable[None]] | None = None,
+    ) -> Attempted:
+        """Run ``request`` on an endpoint of the pool until it answers, retrying transient failures
+        elsewhere with backoff; then ``labels_for`` (label names still unknown) on the same endpoint.
+        A permanent failure or the last transient one after ``--max-retries`` comes back in ``error``;
+        only :class:`AllEndpointsDown` is raised."""
         last: Endpoint | None = None
         reason = ""
         for attempt in range(1, self.cfg.max_retries + 2):
             ep = await self.pool.acquire(avoid=last)
             last = ep
-            t0 = time.perf_counter()
             try:
-                result = await asyncio.wait_for(
-                    _infer(self.pool.protocol, ep.client, self.pool.model, data, self.info),
-                    timeout=self.cfg.timeout_s,
-                )
-                probs = result.as_numpy(PROBS)  # (num_classes,) or (1, num_classes)
-                latency_ms = (time.perf_counter() - t0) * 1e3
-                if probs is None:
-                    raise RuntimeError(f"response without {PROBS}")
+                value = await request(ep)
             except asyncio.CancelledError:
                 self.pool.release(ep, ok=True)
                 raise
@@ -331,38 +337,63 @@ class Scorer:
                 f = triage(exc)
                 if not f.transient:
                     self.pool.release(ep, ok=True)  # the server answered: it is healthy
-                    return self._row(item, error=f.reason, endpoint=ep.url, attempt=attempt)
+                    return Attempted(endpoint=ep.url, attempt=attempt, error=f.reason)
                 self.pool.release(ep, ok=False, down=f.endpoint_down, error=f.reason)
                 reason = f.reason
                 if attempt <= self.cfg.max_retries:
                     await asyncio.sleep(self.cfg.backoff.delay(attempt, self.rng))
                 continue
             self.pool.release(ep, ok=True)
-            if self.info.labels is None:
+            if labels_for is not None:
                 try:
-                    await self.info.ensure_labels(self.pool, ep, data, self.cfg.timeout_s)
-                except Exception as exc:  # a label lookup that fails is retried by the next video
+                    await labels_for(ep)
+                except Exception as exc:  # a label lookup that fails is retried by the next attempt
                     reason = triage(exc).reason
                     if attempt <= self.cfg.max_retries:
                         await asyncio.sleep(self.cfg.backoff.delay(attempt, self.rng))
                     continue
-            ids, values = top_k(probs, self.cfg.top_k)
-            labels = self.info.labels or []
-            return self._row(
-                item,
-                status="ok",
-                labels=[labels[i] for i in ids],
-                ids=ids,
-                probs=values,
-                latency_ms=round(latency_ms, 3),
-                endpoint=ep.url,
-                attempt=attempt,
-            )
-        return self._row(
-            item,
-            error=f"gave up after {self.cfg.max_retries + 1} attempts: {reason}",
+            return Attempted(value=value, endpoint=ep.url, attempt=attempt)
+        return Attempted(
             endpoint=last.url if last else None,
             attempt=self.cfg.max_retries + 1,
+            error=f"gave up after {self.cfg.max_retries + 1} attempts: {reason}",
+        )
+
+    async def score(self, item: InputItem) -> dict[str, Any]:
+        """One row for ``item``; raises only :class:`AllEndpointsDown`."""
+        data = await self.read(item)
+        if isinstance(data, str):
+            return self._row(item, error=data)
+
+        async def infer(ep: Endpoint) -> tuple[np.ndarray, float]:
+            t0 = time.perf_counter()
+            result = await asyncio.wait_for(
+                _infer(self.pool.protocol, ep.client, self.pool.model, data, self.info),
+                timeout=self.cfg.timeout_s,
+            )
+            probs = result.as_numpy(PROBS)  # (num_classes,) or (1, num_classes)
+            if probs is None:
+                raise RuntimeError(f"response without {PROBS}")
+            return probs, (time.perf_counter() - t0) * 1e3
+
+        async def labels_for(ep: Endpoint) -> None:
+            await self.info.ensure_labels(self.pool, ep, data, self.cfg.timeout_s)
+
+        got = await self.with_retries(infer, labels_for if self.info.labels is None else None)
+        if got.error:
+            return self._row(item, error=got.error, endpoint=got.endpoint, attempt=got.attempt)
+        probs, latency_ms = got.value
+        ids, values = top_k(probs, self.cfg.top_k)
+        labels = self.info.labels or []
+        return self._row(
+            item,
+            status="ok",
+            labels=[labels[i] for i in ids],
+            ids=ids,
+            probs=values,
+            latency_ms=round(latency_ms, 3),
+            endpoint=got.endpoint,
+            attempt=got.attempt,
         )
 
 

@@ -26,7 +26,6 @@ from clients.core import client_module
 from clients.scoring.endpoints import Endpoint
 from clients.scoring.inputs import InputItem
 from clients.scoring.outputs import OutputError
-from clients.scoring.retry import triage
 from clients.timeline import WindowResult, timeline_inputs
 from triton_models import contract
 
@@ -177,54 +176,27 @@ class TimelineScorer:
         data = await base.read(item)
         if isinstance(data, str):
             return error_group(base._row(item, error=data))
-        last: Endpoint | None = None
-        reason = ""
-        for attempt in range(1, cfg.max_retries + 2):
-            ep = await self.pool.acquire(avoid=last)
-            last = ep
-            try:
-                windows = await self.stream(ep.client, data)
-            except asyncio.CancelledError:
-                self.pool.release(ep, ok=True)
-                raise
-            except Exception as exc:
-                f = triage(exc)
-                if not f.transient:
-                    self.pool.release(ep, ok=True)  # the server answered: it is healthy
-                    return error_group(base._row(item, error=f.reason, endpoint=ep.url, attempt=attempt))
-                self.pool.release(ep, ok=False, down=f.endpoint_down, error=f.reason)
-                reason = f.reason
-                if attempt <= cfg.max_retries:
-                    await asyncio.sleep(cfg.backoff.delay(attempt, base.rng))
-                continue
-            self.pool.release(ep, ok=True)
-            if self._labels() is None:
-                assert self.label_info is not None
-                try:
-                    await self.label_info.ensure_labels(
-                        self.pool, ep, data, cfg.timeout_s, model=self.label_model
-                    )
-                except Exception as exc:  # a label lookup that fails is retried by the next attempt
-                    reason = triage(exc).reason
-                    if attempt <= cfg.max_retries:
-                        await asyncio.sleep(cfg.backoff.delay(attempt, base.rng))
-                    continue
-            if not windows:
-                return error_group(
-                    base._row(
-                        item, error="no windows: the model answered none", endpoint=ep.url, attempt=attempt
-                    )
-                )
-            common = base._row(item, endpoint=ep.url, attempt=attempt)
-            return window_rows(common, windows, self._labels() or [], cfg.top_k)
-        return error_group(
-            base._row(
-                item,
-                error=f"gave up after {cfg.max_retries + 1} attempts: {reason}",
-                endpoint=last.url if last else None,
-                attempt=cfg.max_retries + 1,
-            )
+
+        async def labels_for(ep: Endpoint) -> None:
+            assert self.label_info is not None
+            await self.label_info.ensure_labels(self.pool, ep, data, cfg.timeout_s, model=self.label_model)
+
+        got = await base.with_retries(
+            lambda ep: self.stream(ep.client, data), labels_for if self._labels() is None else None
         )
+        if got.error:
+            return error_group(base._row(item, error=got.error, endpoint=got.endpoint, attempt=got.attempt))
+        if not got.value:
+            return error_group(
+                base._row(
+                    item,
+                    error="no windows: the model answered none",
+                    endpoint=got.endpoint,
+                    attempt=got.attempt,
+                )
+            )
+        common = base._row(item, endpoint=got.endpoint, attempt=got.attempt)
+        return window_rows(common, got.value, self._labels() or [], cfg.top_k)
 
     async def stream(self, client: Any, data: np.ndarray) -> list[WindowResult]:
         """Send one file over a gRPC stream and collect its windows until the final response. Waits at most
