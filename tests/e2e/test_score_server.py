@@ -24,7 +24,7 @@ from build_engines.repository import RepositoryOptions
 from clients.score import ScoreConfig, run
 from clients.scoring.outputs import JsonlCodec, ResultSink, RowLog
 from tests.utils_server import build_tiny_repository
-from tests.utils_video import encode_video, moving_square_frames
+from tests.utils_video import small_motion_videos
 from triton_models.server import TritonServer
 
 pytestmark = pytest.mark.slow
@@ -39,12 +39,7 @@ LABELS = ["walk", "run: fast", 'say "hi"', "swim, dive", "sit"]
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("score_videos")
-    out = []
-    for k in range(DISTINCT):
-        frames = moving_square_frames(num=8, height=32, width=32, size=8, dx=1 + k % 4, dy=k % 3 - 1, seed=k)
-        out.append(encode_video(folder / f"v{k:03d}.mp4", frames))
-    return out
+    return small_motion_videos(tmp_path_factory.mktemp("score_videos"), DISTINCT)
 
 
 @pytest.fixture(scope="module")
