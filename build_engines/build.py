@@ -15,6 +15,9 @@ Frame count, crop, mean/std, label names and class count come from the checkpoin
    gpu: ``preprocess/1/model.dali`` (the serialized ``mixed`` DALI pipeline) and
    ``classifier/1/model.plan`` -- built here only when TensorRT and a GPU are present; otherwise the ONNX
    graph is left at ``classifier/model.onnx`` with the command that builds the plan.
+   ``--dali-device cpu`` changes only the placement: the same pipeline with DALI's CPU decoder, ``KIND_CPU``
+   instances and the cpu target's classifier (``classifier/1/model.onnx``), so that Triton's dali backend
+   (``make dali-backend``) serves the gpu target's ensemble on a host without a GPU.
 
 The repository is built in a temporary folder next to ``-o`` and swapped in at the end, so a failed build
 never leaves a half-written repository behind.
@@ -45,8 +48,11 @@ from build_engines.repository import (
     generate_configs,
 )
 from training.modeling.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from training.preprocessing.dali import DALI_DEVICES
 from training.preprocessing.limits import DecodeLimits
 from triton_models import contract
+
+GPU_PLAN = ("gpu", "mixed")  # (target, DALI placement) of the build that serves a TensorRT plan
 
 
 class BuildError(ValueError):
@@ -61,16 +67,17 @@ def _export(ckpt: Checkpoint, out: Path) -> Path:
         raise BuildError(str(exc)) from exc
 
 
-def _serialize_dali(spec: Any, path: Path, max_batch_size: int) -> tuple[Path, str]:
-    """The ``mixed`` pipeline serialized by the DALI installed here; returns the path and DALI's version
-    (the serving container's dali backend must run that DALI or a newer one: build inside the container)."""
+def _serialize_dali(spec: Any, path: Path, max_batch_size: int, device: str) -> tuple[Path, str]:
+    """The pipeline (decoder on ``device``) serialized by the DALI installed here; returns the path and
+    DALI's version (the serving container's dali backend must run that DALI or a newer one: the gpu image
+    re-serializes it at start, see :mod:`build_engines.dali_model`)."""
     try:
         import nvidia.dali
 
         from training.preprocessing.dali import serialize_pipeline
     except ImportError as exc:
         raise BuildError(f"the DALI pipeline cannot be serialized: {exc}") from exc
-    serialize_pipeline(spec, path, device="mixed", max_batch_size=max_batch_size)
+    serialize_pipeline(spec, path, device=device, max_batch_size=max_batch_size)
     return path, str(nvidia.dali.__version__)
 
 
@@ -120,12 +127,20 @@ def build_repository(
             onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / "1" / contract.ONNX_FILE)
             log(f"build: serving graph {onnx_path.relative_to(tmp)} (ONNX Runtime matches PyTorch)")
         else:
-            onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / contract.ONNX_FILE)
             dali, dali_version = _serialize_dali(
-                spec, tmp / contract.PREPROCESS / "1" / contract.DALI_FILE, dali_batch_size(opts)
+                spec,
+                tmp / contract.PREPROCESS / "1" / contract.DALI_FILE,
+                dali_batch_size(opts),
+                opts.dali_device,
             )
             versions["dali"] = dali_version
-            log(f"build: DALI mixed pipeline {dali.relative_to(tmp)} (DALI {dali_version})")
+            log(f"build: DALI {opts.dali_device} pipeline {dali.relative_to(tmp)} (DALI {dali_version})")
+        if opts.target == "gpu" and opts.dali_device == "cpu":
+            # The cpu placement: the classifier runs as on the cpu target (no TensorRT on this host).
+            onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / "1" / contract.ONNX_FILE)
+            log(f"build: serving graph {onnx_path.relative_to(tmp)} (cpu placement; ONNX Runtime)")
+        elif opts.target == "gpu":
+            onnx_path = _export(ckpt, tmp / contract.CLASSIFIER / contract.ONNX_FILE)
             from build_engines.tensorrt import build_engine, tensorrt_unavailable_reason, tensorrt_version
 
             plan = out / contract.CLASSIFIER / "1" / contract.PLAN_FILE
@@ -163,6 +178,7 @@ def build_repository(
                 "gpus": list(opts.gpus),
                 "dali_instances": opts.dali_instances,
                 "dali_max_batch_size": dali_batch_size(opts),
+                "dali_device": opts.dali_device,
             },
             "built_with": versions,
             "limits": opts.limits.to_dict(),
@@ -205,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", default="model_repository", help="repository folder to (re)create")
     p.add_argument("--max-batch-size", type=int, default=4, help="videos per dynamic batch")
     p.add_argument(
-        "--precision", choices=("fp32", "fp16", "int8"), default=None, help="default: cpu fp32, gpu fp16"
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default=None,
+        help="default: cpu fp32, gpu fp16 (fp32 with --dali-device cpu)",
     )
     p.add_argument("--calibration", type=Path, default=None, help="int8: video list for static calibration")
     p.add_argument("--calibration-size", type=int, default=32, help="int8: videos used from the list at most")
@@ -228,12 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dali-max-batch-size", type=int, default=None, help="gpu: DALI batch (1 = every video alone)"
     )
+    p.add_argument(
+        "--dali-device",
+        choices=DALI_DEVICES,
+        default="mixed",
+        help="gpu: where the DALI decoder runs (cpu: the same repository served by Triton's dali backend "
+        "on a host without a GPU; see make dali-backend)",
+    )
     args = p.parse_args(argv)
     try:
         opts = RepositoryOptions(
             target=args.target,
             max_batch_size=args.max_batch_size,
-            precision=args.precision or ("fp16" if args.target == "gpu" else "fp32"),
+            # fp16 is the TensorRT plan's default; the cpu placement serves the fp32 ONNX graph.
+            precision=args.precision or ("fp16" if (args.target, args.dali_device) == GPU_PLAN else "fp32"),
             instances=args.instances,
             preprocess_instances=args.preprocess_instances,
             max_queue_delay_us=args.max_queue_delay_us,
@@ -244,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             gpus=tuple(args.gpus),
             dali_instances=args.dali_instances,
             dali_max_batch_size=args.dali_max_batch_size,
+            dali_device=args.dali_device,
         )
         if opts.precision != "int8" and args.calibration is not None:
             raise BuildError("--calibration needs --precision int8")

@@ -4,8 +4,8 @@
 
 Run inside the serving container (``docker/Dockerfile.gpu`` does, at start), so the container's own DALI
 writes the graph its dali backend loads: a ``model.dali`` from another DALI version may name operators the
-backend's DALI does not know (``decoders__Video`` needs DALI >= 2.0). The spec and batch size come from the
-repository itself (``frame_indices/preprocess.json``, ``serving.json``).
+backend's DALI does not know (``decoders__Video`` needs DALI >= 2.0). The spec, batch size and DALI placement
+come from the repository itself (``frame_indices/preprocess.json``, ``serving.json``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def reserialize(repository: str | Path) -> tuple[Path, str]:
     serving = json.loads((repo / contract.SERVING_FILE).read_text())
     options = serving["options"]
     batch = int(options.get("dali_max_batch_size") or options["max_batch_size"])
-    edges = gpu_to_cpu_edges(build_pipeline(spec, device="mixed", batch_size=batch))
+    device = str(options.get("dali_device", "mixed"))  # the placement the repository was built for
+    edges = gpu_to_cpu_edges(build_pipeline(spec, device=device, batch_size=batch))
     if edges:
         raise RuntimeError(f"the DALI graph reads GPU data on the CPU ({edges}); the dali backend refuses it")
     path = serialize_pipeline(
-        spec, repo / contract.PREPROCESS / "1" / contract.DALI_FILE, max_batch_size=batch
+        spec, repo / contract.PREPROCESS / "1" / contract.DALI_FILE, device=device, max_batch_size=batch
     )
     version = str(nvidia.dali.__version__)
     serving.setdefault("built_with", {})["dali"] = version

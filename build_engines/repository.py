@@ -39,6 +39,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from training.preprocessing.dali import DALI_DEVICES
 from training.preprocessing.geometry import geometry_length
 from training.preprocessing.limits import DecodeLimits
 from training.preprocessing.spec import PreprocessSpec
@@ -83,9 +84,15 @@ class RepositoryOptions:
     # (H100/H200 have 7); each holds its own buffers (see docs/serving_gpu.md).
     gpus: tuple[int, ...] = ()
     dali_instances: int = DEFAULT_DALI_INSTANCES
-    # DALI batch: a failed sample fails its whole DALI batch. 1 runs every video alone (one bad video
-    # fails only its own request); None = max_batch_size.
+    # DALI batch (None = max_batch_size). A sample DALI cannot decode fails its DALI batch; the dali
+    # backend this project builds then runs that batch's requests one by one, so only the bad one fails
+    # (docs/serving_gpu.md); 1 runs every video alone from the start.
     dali_max_batch_size: int | None = None
+    # gpu target: where the DALI decoder runs. "mixed" (NVDEC; what production serves) or "cpu": the same
+    # repository with only its placement changed -- DALI's CPU decoder (VP8, VP9, MJPEG), KIND_CPU
+    # instances and the cpu target's classifier -- so that Triton's real dali backend serves the shipped
+    # design on a host without a GPU (tests, CI, `make dali-backend`).
+    dali_device: str = "mixed"
 
     def __post_init__(self) -> None:
         if self.target not in contract.TARGETS:
@@ -113,6 +120,14 @@ class RepositoryOptions:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.dali_device not in DALI_DEVICES:
+            raise ValueError(f"dali_device must be one of {DALI_DEVICES}, got {self.dali_device!r}")
+        if self.target != "gpu" and self.dali_device != "mixed":
+            raise ValueError("dali_device places the gpu target's DALI model; the cpu target has none")
+        if self.target == "gpu" and self.dali_device == "cpu" and self.precision != "fp32":
+            raise ValueError(
+                "the cpu placement serves the fp32 ONNX graph (no TensorRT plan): use precision fp32"
+            )
         if any(not isinstance(g, int) or g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
             raise ValueError(f"gpus must be distinct GPU ids >= 0, got {list(self.gpus)}")
         dmb = self.dali_max_batch_size
@@ -212,12 +227,15 @@ def frame_indices_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.Mo
     cfg.input.append(_tensor(contract.VIDEO, mc.TYPE_UINT8, [-1], ragged=True))
     cfg.output.append(_output(contract.FRAME_INDICES, mc.TYPE_INT32, [spec.num_frames]))
     cfg.output.append(_output(contract.GEOMETRY, mc.TYPE_INT32, [geometry_length(spec)]))
+    # What the DALI decoder of this placement can decode is screened here, per request.
+    cfg.parameters[contract.DECODER_PARAMETER].string_value = opts.dali_device
     _instances(cfg, opts.preprocess_instances, gpu=False)
     return cfg
 
 
 def preprocess_dali_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.ModelConfig:
-    """gpu target: the serialized ``mixed`` DALI pipeline (NVDEC decode of the given frames)."""
+    """gpu target: the serialized DALI pipeline (NVDEC decode of the given frames; KIND_CPU instances and
+    DALI's CPU decoder in the ``cpu`` placement)."""
     cfg = mc.ModelConfig(name=contract.PREPROCESS, backend="dali")
     _batching(cfg, opts)
     cfg.max_batch_size = dali_batch_size(opts)
@@ -227,7 +245,7 @@ def preprocess_dali_config(spec: PreprocessSpec, opts: RepositoryOptions) -> mc.
     cfg.input.append(_tensor(contract.GEOMETRY, mc.TYPE_INT32, [geometry_length(spec)]))
     cfg.output.append(_output(contract.VIEWS, mc.TYPE_FP32, views_dims(spec)))
     # Several instances per GPU: each runs its own decode sessions, so more NVDEC engines work at once.
-    _instances(cfg, opts.dali_instances, gpu=True, gpus=opts.gpus)
+    _instances(cfg, opts.dali_instances, gpu=opts.dali_device == "mixed", gpus=opts.gpus)
     return cfg
 
 
@@ -356,7 +374,11 @@ def generate_configs(
         written.append(_copy_python_model(contract.FRAME_SAMPLER, "frame_indices.py", repository))
         pre = write_config(preprocess_dali_config(spec, opts), repository)
         written += [pre, write_spec_file(pre.parent, spec, opts.limits)]
-        written.append(write_config(classifier_tensorrt_config(spec, num_classes, opts), repository))
+        if opts.dali_device == "mixed":
+            written.append(write_config(classifier_tensorrt_config(spec, num_classes, opts), repository))
+        else:  # the cpu placement: no TensorRT on this host, the cpu target's classifier instead
+            cls = write_config(classifier_python_config(spec, num_classes, opts), repository)
+            written += [cls, _copy_python_model(contract.CLASSIFIER, "classifier.py", repository)]
     # Both targets: PyAV decoding on the CPU (docs/timeline.md says why not DALI), BLS to the classifier.
     tl = write_config(timeline_config(spec, num_classes, opts), repository)
     (tl.parent / contract.LABELS_FILE).write_text("".join(f"{x}\n" for x in labels))

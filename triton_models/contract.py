@@ -67,3 +67,8 @@ PLAN_FILE = "model.plan"
 DALI_FILE = "model.dali"
 
 TARGETS = ("cpu", "gpu")
+
+# --- model config parameters ------------------------------------------------------------------------
+DECODER_PARAMETER = "decoder"
+"""``frame_indices`` (gpu target): the placement of the DALI decoder it screens videos for, ``mixed``
+(NVDEC) or ``cpu`` (DALI's CPU decoder; see ``build_engines.build --dali-device``)."""

@@ -37,6 +37,7 @@ class ModelSettings:
     version_dir: Path
     instances: int
     max_batch_size: int
+    parameters: dict[str, str]  # the config's string parameters
 
 
 def write_spec_file(model_dir: str | Path, spec: PreprocessSpec, limits: DecodeLimits) -> Path:
@@ -75,6 +76,10 @@ def load_model_settings(args: dict[str, str]) -> ModelSettings:
         version_dir=version_dir,
         instances=max(1, instances),
         max_batch_size=int(config.get("max_batch_size", 0)),
+        parameters={
+            str(k): str(v.get("string_value", "")) if isinstance(v, dict) else str(v)
+            for k, v in (config.get("parameters") or {}).items()
+        },
     )
 
 
@@ -115,16 +120,16 @@ def preprocess_payload(array: np.ndarray, spec: PreprocessSpec, limits: DecodeLi
 
 
 def frame_indices_payload(
-    array: np.ndarray, spec: PreprocessSpec, limits: DecodeLimits
+    array: np.ndarray, spec: PreprocessSpec, limits: DecodeLimits, decoder: str = "mixed"
 ) -> dict[str, np.ndarray]:
     """gpu target's ``frame_indices`` model: probe the container (demux only, plus one frame for the display
-    rotation), refuse what the GPU decoder cannot decode or would count differently, pick the frames with
-    the sampling every implementation shares and work out the resize/crop geometry. Returns
-    ``{FRAME_INDICES: int32 (T,), GEOMETRY: int32 (3 + 2V,)}``."""
+    rotation), refuse what the DALI decoder (``decoder``: ``mixed`` NVDEC, or the ``cpu`` placement's) cannot
+    decode or would count differently, pick the frames with the sampling every implementation shares and
+    work out the resize/crop geometry. Returns ``{FRAME_INDICES: int32 (T,), GEOMETRY: int32 (3 + 2V,)}``."""
     from training.preprocessing.nvdec import plan_gpu_decode
 
     data = video_payload(array, limits)
-    indices, geometry = plan_gpu_decode(data, spec, limits=limits.for_serving())
+    indices, geometry = plan_gpu_decode(data, spec, limits=limits.for_serving(), device=decoder)
     return {
         contract.FRAME_INDICES: np.ascontiguousarray(indices, dtype=np.int32),  # (T,)
         contract.GEOMETRY: np.ascontiguousarray(geometry, dtype=np.int32),  # (3 + 2V,)

@@ -15,6 +15,12 @@ Use :class:`TritonServer` as a context manager in tests and tools, or the CLI fo
     python -m triton_models.server status
     python -m triton_models.server stop
 
+Triton's dali backend (the gpu target's ``preprocess`` model) ships in no wheel: ``make dali-backend``
+builds it CPU-only from pinned upstream sources (:mod:`build_engines.dali_backend`) into
+:data:`DALI_BACKEND_LIBRARY`, and the launcher serves with it when it is built
+(``TritonServer.dali_backend``).
+A repository with a ``backend: "dali"`` model refuses to start without it, saying how to build it.
+
 Triton 2.51 has no flag for a request size limit (neither gRPC max message size nor an HTTP body limit),
 so the preprocessing models enforce one themselves (``DecodeLimits.max_bytes``).
 """
@@ -47,6 +53,8 @@ DEFAULT_STATE_DIR = ROOT / "runs" / "triton"
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 SHM_GROWTH_BYTES = 16 * 1024 * 1024
 EXIT_TIMEOUT_S = 10
+# Where `make dali-backend` (build_engines.dali_backend) puts Triton's dali backend, built CPU-only.
+DALI_BACKEND_LIBRARY = ROOT / "build" / "dali_backend" / "libtriton_dali.so"
 
 
 class ServerError(RuntimeError):
@@ -83,6 +91,7 @@ def prepare_backend_dir(dest: str | Path | None = None) -> Path:
     dest = Path(dest) if dest is not None else ROOT / "build" / "triton_backends" / f"py{ver}"
     pydir = dest / "python"
     if (pydir / "triton_python_backend_stub").exists() and (pydir / "libtriton_python.so").exists():
+        _link_dali_backend(dest)  # built after the folder was made, or rebuilt
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=dest.parent))
@@ -101,11 +110,62 @@ def prepare_backend_dir(dest: str | Path | None = None) -> Path:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+    _link_dali_backend(dest)
     return dest
 
 
-def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for tritonserver so that python-backend stubs run this interpreter with this project."""
+def _symlink(link: Path, target: Path) -> None:
+    """``link`` -> ``target``, replaced atomically (concurrent servers may prepare the same folder)."""
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(link)
+
+
+def _link_dali_backend(backend_dir: Path) -> None:
+    """Put the built dali backend at ``<backend_dir>/dali/libtriton_dali.so`` (where Triton looks for it)
+    and the ``libtritonserver.so`` it links against at ``<backend_dir>/lib/``: the wheel ships that library
+    only under a hashed name (the one its ``tritonserver`` binary loads), so a symlink gives it the plain
+    name; the dynamic loader sees the same file and maps it once."""
+    if not DALI_BACKEND_LIBRARY.is_file():
+        return
+    _symlink(backend_dir / "dali" / "libtriton_dali.so", DALI_BACKEND_LIBRARY)
+    libs = sorted((_pytriton_dir().parent.parent / "nvidia_pytriton.libs").glob("libtritonserver-*.so*"))
+    if not libs:
+        raise ServerError("the nvidia-pytriton wheel has no nvidia_pytriton.libs/libtritonserver-*.so")
+    _symlink(backend_dir / "lib" / "libtritonserver.so", libs[0])
+
+
+def dali_backend_available(backend_dir: Path | None = None) -> bool:
+    """Whether the dali backend is built and linked into the backend folder the server uses."""
+    folder = backend_dir or prepare_backend_dir()
+    return (folder / "dali" / "libtriton_dali.so").exists()
+
+
+def repository_backends(repository: str | Path) -> set[str]:
+    """The ``backend:`` names the models of a repository ask for (as written in their config.pbtxt)."""
+    names = set()
+    for config in Path(repository).glob("*/config.pbtxt"):
+        with contextlib.suppress(OSError):
+            names.update(re.findall(r'^\s*backend:\s*"([^"]+)"', config.read_text(), flags=re.MULTILINE))
+    return names
+
+
+def _cuda_runtime_lib() -> str | None:
+    """``nvidia/cuda_runtime/lib`` of this environment: the dali backend links ``libcudart.so.12``."""
+    spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return str(lib) if lib.is_dir() else None
+
+
+def server_environment(base: dict[str, str] | None = None, backend_dir: Path | None = None) -> dict[str, str]:
+    """Environment for tritonserver so that python-backend stubs run this interpreter with this project
+    (and, when ``backend_dir`` holds the dali backend, so that it finds the libraries it links)."""
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR")
     ldlib = sysconfig.get_config_var("LDLIBRARY")
@@ -113,6 +173,9 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
         # A shared libpython of this interpreter exists: make the stub use it and its stdlib.
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONHOME"] = sys.base_prefix
+    if backend_dir is not None and dali_backend_available(backend_dir):
+        extra = [str(backend_dir / "lib"), _cuda_runtime_lib()]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (*extra, env.get("LD_LIBRARY_PATH", "")) if p)
     site = sysconfig.get_paths()["purelib"]
     platsite = sysconfig.get_paths()["platlib"]
     # The environment's packages only: a generated repository carries the project code its python models
@@ -205,6 +268,8 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.log_verbose = log_verbose
         self._proc: subprocess.Popen[bytes] | None = None
+        # The dali backend library the server was started with (None: not built, python backend only).
+        self.dali_backend: Path | None = None
 
     # -- addresses -----------------------------------------------------------------------------------
     @property
@@ -266,7 +331,16 @@ class TritonServer:
             os.close(fd)
             self.log_file = Path(name)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        check_stub_libraries(prepare_backend_dir(), server_environment())
+        backends = prepare_backend_dir()
+        env = server_environment(backend_dir=backends)
+        check_stub_libraries(backends, env)
+        self.dali_backend = DALI_BACKEND_LIBRARY if dali_backend_available(backends) else None
+        if "dali" in repository_backends(self.repository) and self.dali_backend is None:
+            raise ServerError(
+                f"{self.repository} has a model on Triton's dali backend, which is not built here: run "
+                "`make dali-backend` (it builds the backend CPU-only from pinned sources; see "
+                "docs/serving_gpu.md)"
+            )
         last = ""
         for _ in range(max(1, attempts)):
             self.http_port, self.grpc_port, self.metrics_port = (
@@ -278,7 +352,7 @@ class TritonServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env=server_environment(),
+                    env=env,
                     start_new_session=detach,
                 )
             deadline = time.monotonic() + timeout_s
@@ -396,6 +470,7 @@ def start_detached(
         "grpc_url": server.grpc_url,
         "metrics_url": server.metrics_url,
         "log_file": str(log),
+        "dali_backend": str(server.dali_backend) if server.dali_backend else None,
     }
     tmp = _state_file(state_dir).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -454,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  gRPC     {s['grpc_url']}")
             print(f"  metrics  {s['metrics_url']}")
             print(f"  log      {s['log_file']}")
+            if s["dali_backend"]:
+                print(f"  dali     {s['dali_backend']} (Triton's dali backend, CPU-only build)")
             print(f"  state    {_state_file(Path(args.state_dir))}  (stop with: make stop)")
         elif args.action == "stop":
             pid = stop_detached(args.state_dir)

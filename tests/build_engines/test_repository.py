@@ -281,3 +281,53 @@ def test_gpu_placement_and_dali_instances_are_options(tmp_path: Path) -> None:
     for bad in ({"gpus": (0, 0)}, {"gpus": (-1,)}, {"dali_instances": 0}, {"dali_max_batch_size": 9}):
         with pytest.raises(ValueError):
             RepositoryOptions(target="gpu", max_batch_size=8, **bad)
+
+
+def _tree(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()}
+
+
+def test_the_cpu_placement_changes_only_the_placement(tmp_path: Path) -> None:
+    """``--dali-device cpu`` (what Triton's dali backend serves in the suite) is the gpu repository with
+    only its placement changed: every other file and config field is identical."""
+    from build_engines.repository import generate_configs
+
+    spec, labels = PreprocessSpec(num_frames=4, crop_size=32, short_side=32), TINY_LABELS
+    shipped, placed = tmp_path / "mixed", tmp_path / "cpu"
+    generate_configs(shipped, spec, labels, RepositoryOptions(target="gpu", precision="fp32"))
+    generate_configs(
+        placed, spec, labels, RepositoryOptions(target="gpu", precision="fp32", dali_device="cpu")
+    )
+    a, b = _tree(shipped), _tree(placed)
+    classifier = f"{contract.CLASSIFIER}/"
+    # The only files that differ in kind: the classifier (TensorRT plan config vs the cpu runtime's python
+    # model with its bundled code). Every other file exists in both.
+    assert {k for k in a if not k.startswith(classifier)} == {k for k in b if not k.startswith(classifier)}
+    placement_configs = {f"{m}/config.pbtxt" for m in (contract.PREPROCESS, contract.FRAME_SAMPLER)}
+    for name in a:
+        if not name.startswith(classifier) and name not in placement_configs:
+            assert a[name] == b[name], f"{name} differs between the placements"
+    pre_a, pre_b = (parse_config(r / contract.PREPROCESS / "config.pbtxt") for r in (shipped, placed))
+    assert pre_a.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert pre_b.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    pre_b.instance_group[0].kind = mc.ModelInstanceGroup.KIND_GPU
+    assert pre_a == pre_b
+    fi_a, fi_b = (parse_config(r / contract.FRAME_SAMPLER / "config.pbtxt") for r in (shipped, placed))
+    assert fi_a.parameters[contract.DECODER_PARAMETER].string_value == "mixed"
+    assert fi_b.parameters[contract.DECODER_PARAMETER].string_value == "cpu"
+    fi_b.parameters[contract.DECODER_PARAMETER].string_value = "mixed"
+    assert fi_a == fi_b
+    cls_a, cls_b = (parse_config(r / contract.CLASSIFIER / "config.pbtxt") for r in (shipped, placed))
+    assert (cls_a.platform, cls_b.backend) == ("tensorrt_plan", "python")
+    for field in ("input", "output", "max_batch_size", "dynamic_batching"):
+        assert getattr(cls_a, field) == getattr(cls_b, field), field
+    assert cls_b.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_the_cpu_placement_is_a_gpu_target_option_only() -> None:
+    with pytest.raises(ValueError, match="dali_device"):
+        RepositoryOptions(target="cpu", dali_device="cpu")
+    with pytest.raises(ValueError, match="dali_device must be one of"):
+        RepositoryOptions(target="gpu", dali_device="gpu")
+    with pytest.raises(ValueError, match="fp32"):
+        RepositoryOptions(target="gpu", dali_device="cpu", precision="fp16")

@@ -48,6 +48,11 @@ NVDEC_PROFILES: dict[str, tuple[str, ...]] = {
 }
 
 
+# DALI's CPU video decoder (``fn.decoders.video`` on the CPU backend, DALI 2.4) takes these codecs only;
+# the others fail inside DALI with "not supported by the CPU variant of this operator".
+DALI_CPU_CODECS = ("mjpeg", "vp8", "vp9")
+
+
 @dataclass(frozen=True)
 class StreamFacts:
     """What the demux-only probe knows about a video stream (codec name as FFmpeg spells it)."""
@@ -81,8 +86,22 @@ def nvdec_refusal(facts: StreamFacts) -> str | None:
     return None
 
 
+def decoder_refusal(facts: StreamFacts, device: str = "mixed") -> str | None:
+    """Why the DALI model's decoder on ``device`` cannot decode the stream, or None when it can.
+
+    The NVDEC screen holds for both placements (the ``cpu`` one serves the gpu target's design as is);
+    DALI's CPU decoder takes fewer codecs on top of it."""
+    reason = nvdec_refusal(facts)
+    if reason is None and device == "cpu" and facts.codec not in DALI_CPU_CODECS:
+        reason = (
+            f"codec {facts.codec} is not decoded by DALI's CPU decoder (the cpu placement of the DALI model "
+            f"takes {', '.join(DALI_CPU_CODECS)})"
+        )
+    return reason
+
+
 def plan_gpu_decode(
-    source: VideoSource, spec: PreprocessSpec, limits: DecodeLimits | None = None
+    source: VideoSource, spec: PreprocessSpec, limits: DecodeLimits | None = None, device: str = "mixed"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Everything the DALI model needs for one video, from the CPU: ``(FRAME_INDICES, GEOMETRY)``.
 
@@ -91,11 +110,13 @@ def plan_gpu_decode(
     count frames differently from the reference are refused rather than answered differently:
     a container frame count that disagrees with the packets demuxed, packets before time 0 (edit-list
     pre-roll, which the reference counts and a decoder honouring the edit list drops), unusable
-    timestamps, truncated data. Raises :class:`~.decode.VideoDecodeError` (a ``ValueError``) naming it.
+    timestamps, truncated data. ``device`` is the DALI decoder's placement (:func:`decoder_refusal`).
+    Raises :class:`~.decode.VideoDecodeError` (a ``ValueError``) naming it.
     """
     indices, info = sample_video_indices(source, spec, limits=limits)
     name = _describe(source)
-    reason = nvdec_refusal(StreamFacts(info.codec, info.width, info.height, info.pix_fmt, info.profile))
+    facts = StreamFacts(info.codec, info.width, info.height, info.pix_fmt, info.profile)
+    reason = decoder_refusal(facts, device)
     if reason is None and info.truncated:
         reason = "the container data is truncated or corrupt"
     if reason is None and info.claimed_frames and info.claimed_frames != info.total_frames:

@@ -31,13 +31,14 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         self.settings = runtime.load_model_settings(args)
+        self.decoder = self.settings.parameters.get(contract.DECODER_PARAMETER, "mixed")
 
     def execute(self, requests: list) -> list:
-        spec, limits = self.settings.spec, self.settings.limits
+        spec, limits, decoder = self.settings.spec, self.settings.limits, self.decoder
         return runtime.serve_each(
             pb_utils,
             requests,
             contract.VIDEO,
             contract.FRAME_INDICES,
-            lambda video: runtime.frame_indices_payload(video, spec, limits),
+            lambda video: runtime.frame_indices_payload(video, spec, limits, decoder),
         )
