@@ -9,9 +9,11 @@ Runs what the machine allows and says what it skipped and why:
 2. **plan**: builds ``classifier/1/model.plan`` with :mod:`build_engines.tensorrt` when missing (TensorRT
    and a GPU needed; a plan only loads on the TensorRT that built it);
 3. **DALI**: the repository's ``mixed`` pipeline on the GPU vs the reference implementation, per video;
-4. **serve**: ``tritonserver`` (the NGC container's, ``/opt/tritonserver/bin/tritonserver``) on the gpu
-   repository; ``PROBS`` of every video vs the cpu repository's classifier run in-process on the reference
-   preprocessing (top-1 equal, max difference printed);
+4. **serve**: ``tritonserver`` (the NGC container's, ``/opt/tritonserver/bin/tritonserver``, with its
+   backends) on the gpu repository, and the same served checks the suite runs against the dali backend on
+   a CPU host (:mod:`benchmarks.served_checks`): ``PROBS`` of the ragged check set (plus H.264) vs the cpu
+   repository's classifier on the reference preprocessing (top-1 equal, max difference printed), batches
+   in the DALI model's statistics, a damaged video in every position of a batch;
 5. **perf**: a short ``perf_analyzer`` concurrency sweep on the ensemble, printing videos/s, with the
    decoder (NVDEC) utilisation sampled from ``nvidia-smi`` while it runs;
 6. **model speed** (PyTorch + CUDA only): :mod:`benchmarks.gpu_model_speed`, bf16 vs a same-run matmul.
@@ -76,16 +78,10 @@ def environment() -> dict[str, Any]:
 
 
 def default_videos(out: Path) -> list[Path]:
-    """H.264 (NVDEC only), VP9 and a rotated H.264 clip, made here with PyAV."""
-    sys.path.insert(0, str(ROOT))
-    from tests.utils_video import encode_video, moving_square_frames
+    """The suite's ragged check set (VP9, VP8, MJPEG; one rotated) plus H.264 that only NVDEC decodes."""
+    from benchmarks import served_checks
 
-    out.mkdir(parents=True, exist_ok=True)
-    return [
-        encode_video(out / "a.mp4", moving_square_frames(48, 360, 480, seed=1), "h264", gop=12),
-        encode_video(out / "b.webm", moving_square_frames(40, 256, 340, seed=2), "vp9", gop=10),
-        encode_video(out / "c.mp4", moving_square_frames(30, 480, 270, seed=3), "h264", rotation=90),
-    ]
+    return served_checks.make_check_videos(out, (*served_checks.CHECK_SET, *served_checks.NVDEC_EXTRA))
 
 
 def check_dali(repo: Path, videos: list[Path]) -> dict[str, Any]:
@@ -114,42 +110,32 @@ def cpu_probs(cpu_repo: Path, videos: list[Path]) -> np.ndarray:
 
 
 def serve_and_compare(gpu_repo: Path, cpu_repo: Path, videos: list[Path], binary: str, args: Any) -> dict:
-    """Start tritonserver on the gpu repository, classify, compare, run perf_analyzer; stop it."""
-    import tritonclient.grpc as grpcclient
-
+    """Serve the gpu repository with the container's ``tritonserver`` and its backends and run the suite's
+    served checks (:mod:`benchmarks.served_checks`): parity with the cpu target, batches in the DALI
+    model's statistics, a damaged video in every position of a batch; then a perf_analyzer sweep."""
+    from benchmarks import served_checks
     from triton_models.server import TritonServer
 
-    log = Path(tempfile.mkdtemp()) / "tritonserver.log"
-    server = TritonServer(gpu_repo, log_file=log)
-    server.command = lambda: [  # type: ignore[method-assign]
-        binary,
-        f"--model-repository={gpu_repo}",
-        f"--http-port={server.http_port}",
-        f"--grpc-port={server.grpc_port}",
-        f"--metrics-port={server.metrics_port}",
-        "--exit-on-error=true",
-    ]
+    work = Path(tempfile.mkdtemp())
+    log = work / "tritonserver.log"
+    server = TritonServer(
+        gpu_repo, log_file=log, binary=binary, backend_dir=Path(binary).parents[1] / "backends"
+    )
     result: dict[str, Any] = {"log": str(log)}
     with server:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
-        probs = []
-        for v in videos:
-            data = np.fromfile(v, np.uint8)[None]
-            inp = grpcclient.InferInput("VIDEO", list(data.shape), "UINT8")
-            inp.set_data_from_numpy(data)
-            probs.append(client.infer("video_classifier", [inp]).as_numpy("PROBS")[0])
-        gpu = np.stack(probs)
-        cpu = cpu_probs(cpu_repo, videos)
-        result.update(
-            top1_equal=bool((gpu.argmax(-1) == cpu.argmax(-1)).all()),
-            max_prob_diff=float(np.abs(gpu - cpu).max()),
-        )
+        served = served_checks.classify(server.grpc_url, videos, concurrency=len(videos))
+        result["parity"] = served_checks.parity(served, list(cpu_probs(cpu_repo, videos)))
+        result["batch_sizes"] = sizes = served_checks.batch_sizes(server.http_url)
+        damaged = served_checks.make_damaged_video(work)
+        result["isolation"] = served_checks.isolation(server.grpc_url, videos[:3], damaged)
+        # Without this project's dali backend (patch 0003) a failed batch fails every request in it.
+        result["failed_batches_rerun"] = served_checks.failed_batches(log.read_text())
         pa = shutil.which("perf_analyzer")
         if pa is None:
             result["perf"] = "skipped: perf_analyzer not on PATH"
         else:
             result["perf"] = perf_sweep(pa, server.grpc_url, videos[0], args.concurrency)
-    result["ok"] = result["top1_equal"]
+    result["ok"] = bool(result["parity"]["ok"] and result["isolation"]["ok"] and max(sizes, default=0) > 1)
     return result
 
 
@@ -204,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--gpu-repo", default="model_repository_gpu")
     p.add_argument("--cpu-repo", default="model_repository")
-    p.add_argument("--videos", nargs="*", default=None, help="default: clips made here (H.264, VP9, rotated)")
+    p.add_argument("--videos", nargs="*", default=None, help="default: the check set (VP9/VP8/MJPEG/H.264)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--out", default=None, help="also write the report as JSON here")
     args = p.parse_args(argv)

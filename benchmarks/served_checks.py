@@ -64,6 +64,13 @@ CHECK_SET = (
 )
 
 
+# H.264 only NVDEC decodes (not DALI's CPU decoder): what a GPU host adds to the check set.
+NVDEC_EXTRA = (
+    CheckVideo("h264", 480, 360, 48, 25),
+    CheckVideo("h264", 480, 270, 30, 30, rotation=90),
+)
+
+
 def make_check_videos(
     folder: str | Path, videos: Sequence[CheckVideo] = CHECK_SET, seed: int = 0
 ) -> list[Path]:
@@ -179,6 +186,7 @@ def failed_batches(server_log: str) -> list[int]:
 __all__ = [
     "CHECK_SET",
     "DALI_DECODE_ERROR",
+    "NVDEC_EXTRA",
     "CheckVideo",
     "batch_sizes",
     "classify",

@@ -140,7 +140,7 @@ def _link_dali_backend(backend_dir: Path) -> None:
 
 
 def dali_backend_available(backend_dir: Path | None = None) -> bool:
-    """Whether the dali backend is built and linked into the backend folder the server uses."""
+    """Whether the backend folder the server uses (default: the one prepared here) has the dali backend."""
     folder = backend_dir or prepare_backend_dir()
     return (folder / "dali" / "libtriton_dali.so").exists()
 
@@ -173,7 +173,8 @@ def server_environment(base: dict[str, str] | None = None, backend_dir: Path | N
         # A shared libpython of this interpreter exists: make the stub use it and its stdlib.
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONHOME"] = sys.base_prefix
-    if backend_dir is not None and dali_backend_available(backend_dir):
+    if backend_dir is not None and (backend_dir / "lib" / "libtritonserver.so").exists():
+        # The dali backend built here (see _link_dali_backend) and the CUDA runtime it links.
         extra = [str(backend_dir / "lib"), _cuda_runtime_lib()]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (*extra, env.get("LD_LIBRARY_PATH", "")) if p)
     site = sysconfig.get_paths()["purelib"]
@@ -256,7 +257,12 @@ class TritonServer:
         log_file: str | Path | None = None,
         extra_args: Sequence[str] = (),
         log_verbose: int = 0,
+        binary: str | Path | None = None,
+        backend_dir: str | Path | None = None,
     ) -> None:
+        """``binary`` and ``backend_dir`` default to the wheel's server and the backend folder prepared
+        here; pass another installation's (e.g. the NGC container's ``/opt/tritonserver``) to serve with
+        its own backends."""
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServerError(f"{self.repository}: model repository folder does not exist")
@@ -267,6 +273,8 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file is not None else None
         self.extra_args = list(extra_args)
         self.log_verbose = log_verbose
+        self.binary = Path(binary) if binary is not None else None
+        self.backend_dir = Path(backend_dir) if backend_dir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         # The dali backend library the server was started with (None: not built, python backend only).
         self.dali_backend: Path | None = None
@@ -295,9 +303,9 @@ class TritonServer:
 
     def command(self) -> list[str]:
         """The tritonserver command line for the current ports."""
-        backends = prepare_backend_dir()
+        backends = self.backend_dir or prepare_backend_dir()
         return [
-            str(tritonserver_binary()),
+            str(self.binary or tritonserver_binary()),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             "--model-control-mode=none",
@@ -331,10 +339,12 @@ class TritonServer:
             os.close(fd)
             self.log_file = Path(name)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        backends = prepare_backend_dir()
+        backends = self.backend_dir or prepare_backend_dir()
         env = server_environment(backend_dir=backends)
-        check_stub_libraries(backends, env)
-        self.dali_backend = DALI_BACKEND_LIBRARY if dali_backend_available(backends) else None
+        if self.backend_dir is None:
+            check_stub_libraries(backends, env)
+        dali = backends / "dali" / "libtriton_dali.so"
+        self.dali_backend = dali.resolve() if dali.exists() else None
         if "dali" in repository_backends(self.repository) and self.dali_backend is None:
             raise ServerError(
                 f"{self.repository} has a model on Triton's dali backend, which is not built here: run "
@@ -352,6 +362,9 @@ class TritonServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    # The deployable unit is the whole working world: nothing resolves against the
+                    # caller's folder (a checkout, say), so a repository served here serves anywhere.
+                    cwd=self.repository,
                     env=env,
                     start_new_session=detach,
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from dataclasses import dataclass
 
 # gRPC status codes (as tritonclient prints them: "StatusCode.X").
@@ -40,6 +41,12 @@ _TRANSIENT_MARKERS = (
 )
 
 
+# DALI's decoder failing on a video (the gpu target's dali model): the input is bad, whatever the status
+# (the dali backend reports it as UNKNOWN). This project's dali backend runs a failed batch's requests one
+# by one, so the error reaches only the request whose video failed.
+_DALI_INPUT_ERROR = re.compile(r"error in (cpu|gpu|mixed) operator `nvidia\.dali\.fn\.decoders\.")
+
+
 @dataclass(frozen=True)
 class Failure:
     """A classified failure: ``reason`` is the one line written into an error row or the log."""
@@ -65,6 +72,8 @@ def triage(exc: BaseException) -> Failure:
         reason = f"{code or 'error'}: {msg}" if msg else code or "error"
         if code == "NOT_FOUND" or any(m in low for m in _DOWN_MARKERS):
             return Failure(True, True, reason)
+        if _DALI_INPUT_ERROR.search(low) and "out of memory" not in low:
+            return Failure(False, False, reason)
         if code in _GRPC_TRANSIENT:
             return Failure(True, code in _GRPC_DOWN, reason)
         if code.isdigit():  # HTTP status

@@ -257,6 +257,23 @@ def test_top_k_order_and_ties() -> None:
             True,
         ),
         (InferenceServerException("unknown model", status="StatusCode.NOT_FOUND"), True, True),
+        (  # the dali model's decoder failed on this request's video (a request of its own)
+            InferenceServerException(
+                "in ensemble 'video_classifier', Runtime error: Critical error in pipeline: Error in CPU "
+                "operator `nvidia.dali.fn.decoders.video`, ... Failed to send packet to decoder",
+                status="StatusCode.UNKNOWN",
+            ),
+            False,
+            False,
+        ),
+        (
+            InferenceServerException(
+                "Error in GPU operator `nvidia.dali.fn.decoders.video`: CUDA out of memory",
+                status="StatusCode.UNKNOWN",
+            ),
+            True,
+            False,
+        ),
         (asyncio.TimeoutError(), True, False),
         (ConnectionRefusedError(111, "refused"), True, True),
         (ConnectionResetError(104, "reset"), True, True),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from build_engines.container import CUDA_VERSION, TRITON_IMAGE
+from build_engines.container import CUDA_VERSION, TRITON_IMAGE, TRITON_RELEASE
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -53,7 +53,9 @@ def test_images_are_pinned_and_checked(name: str) -> None:
 
 def test_gpu_image_is_the_pinned_release_and_its_entrypoint_parses() -> None:
     ins = _instructions(DOCKER / "Dockerfile.gpu")
-    assert [rest for word, rest in ins if word == "FROM"] == [TRITON_IMAGE]
+    # Both stages (this project's dali backend, then the serving image) on the one pinned release.
+    assert [rest.split()[0] for word, rest in ins if word == "FROM"] == [TRITON_IMAGE, TRITON_IMAGE]
+    assert ("ARG", f"TRITON_RELEASE={TRITON_RELEASE}") in ins
     assert CUDA_VERSION.startswith(
         "13."
     )  # 26.x containers are CUDA 13: the builder looks for libcudart.so.13
@@ -76,3 +78,26 @@ def test_cpu_image_runs_as_a_non_root_user_without_torch() -> None:
     assert users and users[-1] not in ("root", "0")
     installs = " ".join(rest for word, rest in final if word == "RUN")
     assert "torch" not in installs and "requirements.txt" not in installs
+
+
+def test_gpu_image_serves_this_projects_dali_backend() -> None:
+    """The gpu image replaces the container's dali backend with the pinned commit plus this project's
+    patches (a failed batch answered request by request), built at the DALI version the suite runs."""
+    from build_engines.dali_backend.build import UPSTREAM, patch_files
+
+    ins = _instructions(DOCKER / "Dockerfile.gpu")
+    pinned = next(u for u in UPSTREAM if u.name == "dali_backend")
+    assert ("ARG", f"DALI_BACKEND_COMMIT={pinned.commit}") in ins
+    runs = " ".join(rest for word, rest in ins if word == "RUN")
+    assert (
+        "git apply" in runs and "-DTRITON_ENABLE_GPU=ON" in runs and "-DTRITON_DALI_BUILD_TESTS=OFF" in runs
+    )
+    copies = [rest for word, rest in ins if word == "COPY"]
+    assert "build_engines/dali_backend/patches/dali_backend/ /patches/" in copies
+    assert any(
+        c.startswith("--from=dali-backend") and "/opt/tritonserver/backends/dali/" in c for c in copies
+    )
+    assert [p.name for p in patch_files("dali_backend")]  # the patches the image applies exist
+    import nvidia.dali
+
+    assert ("ARG", f"DALI_VERSION={nvidia.dali.__version__}") in ins

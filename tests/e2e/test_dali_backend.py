@@ -139,8 +139,10 @@ def _isolation(server, videos: list[Path], damaged: Path) -> tuple[dict, list[in
     return result, served_checks.failed_batches(log.read_text())[before:]
 
 
-def test_a_damaged_video_fails_alone_whatever_its_position(dali_server, videos, damaged) -> None:
+def test_a_damaged_video_fails_alone_whatever_its_position(dali_server, videos, damaged, capsys) -> None:
     result, failed = _isolation(dali_server, videos, damaged)
+    with capsys.disabled():
+        print(f"\nfailed DALI executions re-run request by request, sizes: {failed}")
     assert result["ok"], result
     # Proof that the bad request really shared its DALI execution with good ones in every round.
     assert len(failed) == len(result["rounds"]) and min(failed) > 1, failed
