@@ -24,7 +24,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -100,8 +100,11 @@ def plan_for(model: str, quick: bool) -> dict[str, Any]:
 # Checkpoint and repository
 
 
-def bench_checkpoint(model: str, work_dir: Path, override: str | None = None) -> tuple[Path, str]:
-    """The checkpoint to serve and a note on where it came from."""
+def bench_checkpoint(
+    model: str, work_dir: Path, override: str | None = None, *, prefer_trained: bool = True
+) -> tuple[Path, str]:
+    """The checkpoint to serve and a note on where it came from (``prefer_trained=False``: the seeded
+    random model even where `make demo` has trained one, so that the figures do not depend on that)."""
     from training.modeling.checkpoint import Checkpoint, save_checkpoint
     from training.preprocessing.spec import PreprocessSpec
 
@@ -110,7 +113,7 @@ def bench_checkpoint(model: str, work_dir: Path, override: str | None = None) ->
         if not path.is_file():
             raise BenchError(f"{path}: no such checkpoint")
         return path, "given with --checkpoint"
-    if model == "tiny" and TRAINED_TINY.is_file():
+    if model == "tiny" and prefer_trained and TRAINED_TINY.is_file():
         return TRAINED_TINY, "trained on synthetic videos by `make demo`"
     import torch
 
@@ -820,8 +823,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    return exit_status(lambda: run(args))
+
+
+def exit_status(work: Callable[[], Any]) -> int:
+    """Run a benchmark's ``work`` as its CLI reports it: 0 when it returns; 2 for bad arguments or inputs
+    and 1 when a server or perf_analyzer fails, each with one line on stderr naming the problem."""
     try:
-        run(args)
+        work()
     except (BenchError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -130,10 +130,19 @@ def parity(served: Sequence[Any], reference: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def batch_statistics(http_url: str, model: str = contract.PREPROCESS) -> dict[int, tuple[int, int]]:
+    """Per batch size (requests per execution): executions and their summed compute-infer nanoseconds, from
+    ``model``'s own statistics (cumulative since the server started)."""
+    stats = model_statistics(http_url, model)
+    return {
+        int(b["batch_size"]): (int(b["compute_infer"]["count"]), int(b["compute_infer"]["ns"]))
+        for b in stats.get("batch_stats", [])
+    }
+
+
 def batch_sizes(http_url: str, model: str = contract.PREPROCESS) -> dict[int, int]:
     """Executions per batch size (requests per execution) from ``model``'s own statistics."""
-    stats = model_statistics(http_url, model)
-    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+    return {size: count for size, (count, _) in batch_statistics(http_url, model).items()}
 
 
 # What DALI says when a decoder fails on a sample (CPU or GPU decoder).
@@ -189,6 +198,7 @@ __all__ = [
     "NVDEC_EXTRA",
     "CheckVideo",
     "batch_sizes",
+    "batch_statistics",
     "classify",
     "failed_batches",
     "isolation",

