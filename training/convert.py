@@ -22,8 +22,9 @@ import argparse
 import sys
 
 from training.modeling.checkpoint import save_checkpoint
-from training.modeling.formats import FORMATS, ConvertError
+from training.modeling.formats import FORMATS
 from training.modeling.model import ATTENTION_TYPES
+from training.modeling.readers import ConvertError
 from training.modeling.weights import import_checkpoint
 
 __all__ = ["ConvertError", "import_checkpoint", "main"]

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 from tests.utils_model import FIXTURE_DIR, tiny_model
 from training.convert import import_checkpoint, main
+from training.modeling.architecture import infer_model_config
 from training.modeling.checkpoint import load_checkpoint
-from training.modeling.formats import ConvertError, infer_model_config, inflate_image_weights, read_label_file
+from training.modeling.inflate import inflate_image_weights
 from training.modeling.model import ATTENTION_TYPES, TimeSformer
+from training.modeling.readers import ConvertError, read_label_file
 
 T, IMG, K = 4, 32, 5
 

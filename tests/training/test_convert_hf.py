@@ -14,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 from training.convert import main  # noqa: E402
 from training.modeling.checkpoint import load_checkpoint  # noqa: E402
-from training.modeling.formats import ConvertError, detect_format  # noqa: E402
+from training.modeling.formats import detect_format  # noqa: E402
+from training.modeling.readers import ConvertError  # noqa: E402
 from training.modeling.weights import import_checkpoint, load_any_checkpoint, load_pretrained  # noqa: E402
 
 T, IMG, K = 4, 32, 5

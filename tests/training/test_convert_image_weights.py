@@ -11,7 +11,8 @@ import torch
 
 from tests.training.test_convert import IMG, K, T, _x, reference_vit
 from tests.utils_model import tiny_model
-from training.modeling.formats import detect_format, read_checkpoint_file, unwrap_state_dict
+from training.modeling.formats import detect_format, unwrap_state_dict
+from training.modeling.readers import read_checkpoint_file
 from training.modeling.weights import build_model, import_checkpoint
 
 

@@ -33,9 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from training.modeling.formats import ConvertError, read_checkpoint_file
+from training.modeling.readers import ConvertError, read_checkpoint_file, read_safetensors
 
 HF_CONFIG = "config.json"
 HF_PROCESSOR = "preprocessor_config.json"
@@ -97,17 +95,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a ``.safetensors`` file (no pickle involved); a damaged file -> ConvertError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ConvertError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
 def _read_weights(path: Path) -> tuple[dict[str, Any], list[Path]]:

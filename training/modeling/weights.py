@@ -19,26 +19,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.modeling.architecture import (
+    build_and_load,
+    conv_filter,
+    infer_model_config,
+    resize_time_embed_for,
+)
 from training.modeling.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from training.modeling.formats import (
     FORMATS,
-    ConvertError,
-    build_and_load,
-    conv_filter,
     detect_format,
-    image_model_config,
-    infer_model_config,
-    inflate_image_weights,
     mmaction_to_native,
     official_to_native,
     paddle_to_native,
-    read_checkpoint_file,
-    read_label_file,
-    resize_time_embed_for,
     unwrap_state_dict,
 )
 from training.modeling.hf import hf_model_options, hf_preprocess_options, hf_to_native, read_hf
+from training.modeling.inflate import image_model_config, inflate_image_weights
 from training.modeling.model import TimeSformer
+from training.modeling.readers import ConvertError, read_checkpoint_file, read_label_file
 from training.preprocessing.spec import (
     PADDLE_MEAN,
     PADDLE_STD,
@@ -280,13 +279,6 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
 
 def _image_or_video_weights(model: nn.Module, path: Path) -> dict[str, torch.Tensor] | None:
     """Inflate image weights into ``model`` (returns None), or read video weights of any format."""
-    from training.modeling.formats import (
-        detect_format,
-        inflate_image_weights,
-        read_checkpoint_file,
-        unwrap_state_dict,
-    )
-
     raw, container = unwrap_state_dict(read_checkpoint_file(path), str(path))
     if detect_format(raw, container) == "vit-image":
         report = inflate_image_weights(raw, model)
@@ -297,8 +289,6 @@ def _image_or_video_weights(model: nn.Module, path: Path) -> dict[str, torch.Ten
 
 def _load_video_weights(model: nn.Module, native: dict[str, torch.Tensor], path: Path) -> None:
     """Video weights by name, ``time_embed`` resized; a head of another size keeps its fresh init."""
-    from training.modeling.formats import resize_time_embed_for
-
     own = model.state_dict()
     if "time_embed" in native and "time_embed" in own:
         native = resize_time_embed_for(dict(native), own["time_embed"].shape[1])
