@@ -16,15 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.preprocessing.decode import (
-    VideoDecodeError,
-    VideoSource,
-    _describe,
-    probe_display_rotation,
-    sample_video_indices,
-)
+from training.preprocessing.decode import probe_display_rotation, sample_video_indices
 from training.preprocessing.geometry import serving_geometry
 from training.preprocessing.limits import DecodeLimits
+from training.preprocessing.probe import VideoDecodeError, VideoSource, describe_source
 from training.preprocessing.spec import PreprocessSpec
 
 # codec -> (min width, min height, max width, max height), NVDEC on Turing..Hopper.
@@ -114,7 +109,7 @@ def plan_gpu_decode(
     Raises :class:`~.decode.VideoDecodeError` (a ``ValueError``) naming it.
     """
     indices, info = sample_video_indices(source, spec, limits=limits)
-    name = _describe(source)
+    name = describe_source(source)
     facts = StreamFacts(info.codec, info.width, info.height, info.pix_fmt, info.profile)
     reason = decoder_refusal(facts, device)
     if reason is None and info.truncated:

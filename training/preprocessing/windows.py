@@ -37,23 +37,25 @@ import numpy as np
 
 # The reference decoder's building blocks (same package): opening with limits, the demux-only probe,
 # per-interval decoding with non-reference frames skipped, RGB conversion and rotation.
-from training.preprocessing.decode import (
+from training.preprocessing.frames import (
+    DecodeWork,
+    check_frame_size,
+    configure_decoder,
+    decoded_frames,
+    frame_rotation,
+    interval_frames,
+    to_rgb,
+)
+from training.preprocessing.limits import DEFAULT_LIMITS, DecodeLimits
+from training.preprocessing.probe import (
     VideoDecodeError,
     VideoInfo,
     VideoSource,
-    _as_opener,
-    _check_size,
-    _configure,
-    _frame_rotation,
-    _frames,
-    _group_frames,
-    _open,
-    _probe_container,
-    _to_rgb,
-    _video_stream,
-    _Work,
+    open_container,
+    probe_container,
+    source_opener,
+    video_stream,
 )
-from training.preprocessing.limits import DEFAULT_LIMITS, DecodeLimits
 from training.preprocessing.sampling import paddle_clip_size, sample_indices
 from training.preprocessing.spec import PreprocessSpec
 from training.preprocessing.transforms import views_from_frames
@@ -237,13 +239,13 @@ class TimelineDecoder:
         self.limits = limits or DEFAULT_LIMITS
         window = default_window_seconds(spec) if window is None else window
         self.window_seconds, self.stride_seconds = check_window_args(window, stride)
-        self._opener, self.name = _as_opener(source, self.limits)
-        self._container = _open(self._opener, self.name)
+        self._opener, self.name = source_opener(source, self.limits)
+        self._container = open_container(self._opener, self.name)
         try:
-            self.info: VideoInfo = _probe_container(self._container, self.name, self.limits)
+            self.info: VideoInfo = probe_container(self._container, self.name, self.limits)
             if self.info.total_frames == 0:
                 raise VideoDecodeError(f"{self.name}: the video stream holds no frames")
-            stream = _video_stream(self._container, self.name)
+            stream = video_stream(self._container, self.name)
             if self.info.frame_pts is not None and stream.time_base is not None:
                 self.times = stream_times(self.info.frame_pts, Fraction(stream.time_base))
             elif self.info.fps > 0:  # no usable timestamps: frames are 1/fps apart
@@ -285,7 +287,7 @@ class TimelineDecoder:
         held: dict[int, np.ndarray] = {}
         nxt = 0  # next window to hand out
         # Decode work: the whole video at most once, plus an open GOP's leading frames per seek.
-        work = _Work(self.name, 2 * self.info.total_frames + 64)
+        work = DecodeWork(self.name, 2 * self.info.total_frames + 64)
         source = self._seek_frames(needed, work) if self.info.seekable else None
         if source is None:
             source = self._ordered_frames(needed, work)
@@ -327,7 +329,7 @@ class TimelineDecoder:
                 f"({windows[nxt].start:.2f}-{windows[nxt].end:.2f} s) could not be decoded (corrupt data?)"
             )
 
-    def _seek_frames(self, needed: list[int], work: _Work) -> Iterator[tuple[int, np.ndarray, int]]:
+    def _seek_frames(self, needed: list[int], work: DecodeWork) -> Iterator[tuple[int, np.ndarray, int]]:
         """``(index, rgb, rotation)`` of the needed frames by keyframe interval, in presentation order.
 
         One container, moving forward: each interval holding a needed frame is sought to its keyframe and
@@ -346,8 +348,8 @@ class TimelineDecoder:
         container = self._container
         if container is None:
             return
-        stream = _video_stream(container, self.name)
-        _configure(stream, self.limits, 1)
+        stream = video_stream(container, self.name)
+        configure_decoder(stream, self.limits, 1)
         rotation = 0
         first = True
         for k, group in groups.items():
@@ -359,40 +361,40 @@ class TimelineDecoder:
             want = set(group)
             floor_pts = min(k, group[0])
             got: set[int] = set()
-            for frame in _group_frames(container, stream, work, set(group), want):
+            for frame in interval_frames(container, stream, work, set(group), want):
                 fp = frame.pts
                 if fp is None:
                     raise _Missing("timestamps vanished")
                 if fp in want and fp not in got and fp >= floor_pts:
-                    _check_size(frame, self.name, self.limits)
+                    check_frame_size(frame, self.name, self.limits)
                     if first:
-                        rotation, first = _frame_rotation(frame, stream), False
+                        rotation, first = frame_rotation(frame, stream), False
                     got.add(fp)
-                    yield index_of[fp], _to_rgb(frame), rotation
+                    yield index_of[fp], to_rgb(frame), rotation
             if len(got) < len(group):
                 raise _Missing(f"{len(group) - len(got)} frames of the interval at pts {k}")
 
-    def _ordered_frames(self, needed: list[int], work: _Work) -> Iterator[tuple[int, np.ndarray, int]]:
+    def _ordered_frames(self, needed: list[int], work: DecodeWork) -> Iterator[tuple[int, np.ndarray, int]]:
         """``(index, rgb, rotation)`` of the needed frames, counting frames as they come out of a decoder
         started at the beginning (for streams without usable timestamps, or when seeking failed)."""
         if not needed:
             return
         want = set(needed)
         last = max(needed)
-        container = _open(self._opener, self.name)
+        container = open_container(self._opener, self.name)
         try:
-            stream = _video_stream(container, self.name)
-            _configure(stream, self.limits, 1)
+            stream = video_stream(container, self.name)
+            configure_decoder(stream, self.limits, 1)
             rotation: int | None = None
             count = 0
-            for frame in _frames(container, stream, work):
+            for frame in decoded_frames(container, stream, work):
                 if getattr(frame, "is_corrupt", False):
                     continue
                 if count in want:
-                    _check_size(frame, self.name, self.limits)
+                    check_frame_size(frame, self.name, self.limits)
                     if rotation is None:
-                        rotation = _frame_rotation(frame, stream)
-                    yield count, _to_rgb(frame), rotation
+                        rotation = frame_rotation(frame, stream)
+                    yield count, to_rgb(frame), rotation
                 count += 1
                 if count > last:
                     return
