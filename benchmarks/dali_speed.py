@@ -647,11 +647,11 @@ def run(args: argparse.Namespace) -> Path:
     spec = load_checkpoint(ckpt_path).preprocess
     videos = make_synthetic_videos(work / "videos", plan["videos"])
     results.update(
-        checkpoint=str(ckpt_path),
+        checkpoint=_relative(ckpt_path, out),
         checkpoint_source=source,
         spec=spec.to_dict(),
         spec_summary=f"{spec.num_frames} frames x {spec.crop_size}², {spec.num_views} views, {spec.sampling}",
-        videos=[asdict(v) for v in videos],
+        videos=[{**asdict(v), "path": _relative(Path(v.path), out)} for v in videos],
     )
 
     # In process first, while no server runs.
@@ -714,6 +714,13 @@ def run(args: argparse.Namespace) -> Path:
     results["versions"] = {**versions(None), "DALI": nvidia.dali.__version__}
     results["wall_s"] = time.perf_counter() - t_all
     return write_results(results, out)
+
+
+def _relative(path: Path, out: Path) -> str:
+    """``path`` relative to the run folder when it lies inside it (results stay valid when the folder
+    moves), else as given."""
+    path = path.resolve()
+    return str(path.relative_to(out.resolve())) if path.is_relative_to(out.resolve()) else str(path)
 
 
 def write_results(results: dict[str, Any], out: Path) -> Path:
