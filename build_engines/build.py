@@ -183,6 +183,13 @@ def build_repository(
             "built_with": versions,
             "limits": opts.limits.to_dict(),
             "checkpoint_meta": {k: v for k, v in ckpt.meta.items() if isinstance(v, (str, int, float, bool))},
+            # What the checkpoint reached in training (val top-1 ...): lets a client tell a weak training
+            # run from a serving mismatch.
+            "checkpoint_metrics": {
+                k: v
+                for k, v in dict(ckpt.meta.get("metrics") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
             "plan_built": plan_built,
         }
         if quantization is not None:

@@ -100,7 +100,7 @@ def held_out_clips(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(label, frames)`` for ``count`` clips, classes in a seeded random order, from seeds no training or
     validation clip of :mod:`training.synth` uses."""
-    from training.synth import CLASSES, render_clip
+    from training.synth_clips import CLASSES, render_clip
 
     order = np.random.default_rng(np.random.SeedSequence([seed, TIMELINE_SPLIT])).integers(
         0, len(classes), count
@@ -124,7 +124,7 @@ def make_timeline_video(
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``out/NAME.mp4`` (held-out clips back to back) and ``out/NAME.segments.json``."""
-    from training.synth import DEMO_CLASSES
+    from training.synth_clips import DEMO_CLASSES
 
     names = list(classes or DEMO_CLASSES)
     if clips < 1:
@@ -166,7 +166,7 @@ def make_long_video(
 ) -> Path:
     """A long, cheap file for memory and latency measurements: a few rendered clips cycled for ``minutes``
     at ``fps`` (low resolution, long GOP: an hour encodes in about a minute on one core)."""
-    from training.synth import DEMO_CLASSES
+    from training.synth_clips import DEMO_CLASSES
 
     pool = [clip for _, clip in held_out_clips(DEMO_CLASSES, 6, seed, size)]
     total = int(round(minutes * 60 * fps))

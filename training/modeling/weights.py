@@ -302,7 +302,14 @@ def _load_video_weights(model: nn.Module, native: dict[str, torch.Tensor], path:
         raise CheckpointError(f"{path}: pretrained weights lack {lacking[:5]}")
 
 
-INIT_KEYS = ("time_embed_init", "time_embed_init_std", "time_embed_init_scale", "pos_embed_init_scale")
+INIT_KEYS = (
+    "time_embed_init",
+    "time_embed_init_std",
+    "time_embed_init_scale",
+    "pos_embed_init_scale",
+    "init_codes_orthogonal",
+    "temporal_fc_init_std",
+)
 
 
 def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
@@ -310,7 +317,9 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     ``pretrained`` weights (any format training.convert imports; ImageNet ViT image weights are inflated),
     then the optional from-scratch inits: ``time_embed_init`` ``normal`` (truncated normal of std
     ``time_embed_init_std``) or ``sincos`` (sinusoids of amplitude ``time_embed_init_scale``), and
-    ``pos_embed_init_scale`` (2-D sinusoids of that amplitude over the patch grid)."""
+    ``pos_embed_init_scale`` (2-D sinusoids of that amplitude over the patch grid); with
+    ``init_codes_orthogonal`` the time and position codes are moved into orthogonal subspaces
+    (:func:`orthogonal_codes`)."""
     from training.modeling import model as model_lib
 
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("arch", "pretrained", *INIT_KEYS)}
@@ -346,7 +355,49 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
             ys, xs = sincos_1d(g, c // 2), sincos_1d(g, c - c // 2)  # (g, c/2) each
             grid = torch.cat([ys[:, None].expand(g, g, -1), xs[None].expand(g, g, -1)], dim=-1)  # (g, g, c)
             model.pos_embed[0, 1:].copy_(float(scale) * grid.reshape(g * g, c))  # the cls slot keeps its init
+        fc_std = model_cfg.get("temporal_fc_init_std")
+        if fc_std:
+            # The official zero temporal_fc starts every block as its image block (right when inflating
+            # image weights); from scratch it silences temporal attention until temporal_fc grows.
+            for blk in getattr(model, "blocks", []):
+                if hasattr(blk, "temporal_fc"):
+                    nn.init.trunc_normal_(blk.temporal_fc.weight, std=float(fc_std))
+        if model_cfg.get("init_codes_orthogonal"):
+            if not (hasattr(model, "time_embed") and hasattr(model, "pos_embed")):
+                raise ValueError("model.init_codes_orthogonal needs a model with time_embed and pos_embed")
+            codes = orthogonal_codes([model.time_embed[0], model.pos_embed[0, 1:]])
+            model.time_embed[0].copy_(codes[0])
+            model.pos_embed[0, 1:].copy_(codes[1])
     return model
+
+
+def orthogonal_codes(codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each (n_i, C) code moved isometrically into its own subspace, the subspaces mutually orthogonal.
+
+    Why: the sinusoidal time code and the 2-D position code are built from the same frequencies over the
+    same channels, so "frame t" and "row y" / "column x" overlap (the time code's sines share the channels
+    of the row code, its cosines those of the column code): a direction that reads time also reads
+    position. Here each code keeps its own geometry exactly (every inner product between two frames, or
+    two patches, is unchanged: ``X' X'^T = X X^T``), but every frame code is orthogonal to every position
+    code. The target subspaces are spanned by a random orthonormal basis (drawn from torch's RNG, so the
+    run seed decides it), so that no code is concentrated in a few channels.
+    """
+    ranks, bases = [], []
+    for x in codes:
+        _, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
+        r = int((s > s.max() * 1e-6).sum()) if s.numel() and s.max() > 0 else 0
+        ranks.append(r)
+        bases.append(vh[:r])  # (r, C): the code's own row space
+    c = codes[0].shape[-1]
+    if sum(ranks) > c:
+        raise ValueError(f"codes of ranks {ranks} do not fit orthogonally in {c} channels")
+    q, _ = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))  # (C, C) orthonormal columns
+    out, start = [], 0
+    for x, r, v in zip(codes, ranks, bases):
+        target = q[:, start : start + r].T  # (r, C) orthonormal rows, unused by any other code
+        out.append(((x.double() @ v.T) @ target).to(x.dtype))  # coordinates in its row space, re-based
+        start += r
+    return out
 
 
 def sincos_1d(n: int, dim: int) -> torch.Tensor:
