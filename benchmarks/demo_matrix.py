@@ -1,6 +1,7 @@
 """The CPU demo's recipe over a matrix of seeds and thread counts: does it learn all six classes every time?
 
-    python -m benchmarks.demo_matrix [--out DIR] [--jobs 2] [--runs d0-s0,d1-s2,...] [-o key=value ...]
+    python -m benchmarks.demo_matrix [--out DIR] [--jobs 2] [--runs d0-s0,d1-s2,...] [--per-class N]
+                                     [-o key=value ...]
 
 One run = ``training.synth --demo --seed D`` (made once per data seed), then ``training.train`` on
 ``training/configs/synthetic_tiny.yaml`` with ``seed=S`` under ``T`` torch threads, then the held-out
@@ -90,19 +91,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def ensure_data(root: Path, data_seed: int) -> Path:
-    """The demo set made with ``data_seed`` under ``root`` (made once, reused)."""
-    data = root / f"data_s{data_seed}"
+def ensure_data(root: Path, data_seed: int, per_class: int | None = None) -> Path:
+    """The demo set made with ``data_seed`` under ``root`` (made once, reused); ``per_class`` other than
+    the demo's makes the demo classes with that many training clips each."""
+    from training.synth_clips import DEMO_CLASSES
+
+    data = root / (f"data_s{data_seed}" if per_class is None else f"data_s{data_seed}_n{per_class}")
     if not (data / "val.list").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "training.synth", "--out", str(data), "--demo", "--seed", str(data_seed)],
-            check=True,
+        size = (
+            ["--demo"]
+            if per_class is None
+            else ["--classes", ",".join(DEMO_CLASSES), "--per-class", str(per_class)]
         )
+        cmd = [sys.executable, "-m", "training.synth", "--out", str(data), "--seed", str(data_seed), *size]
+        subprocess.run(cmd, check=True)
     return data
 
 
 def run_one(run: Run, data: Path, out: Path, overrides: list[str]) -> dict:
-    """Train and evaluate one run in a child process with ``run.threads`` torch threads."""
+    """Train and evaluate one run in a child process with ``run.threads`` torch threads; a run whose
+    ``result.json`` is already there with the same overrides is reused (delete ``DIR/<run>`` to retrain),
+    so an interrupted matrix goes on where it stopped."""
+    done = out / run.name / "result.json"
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        if previous.get("overrides") == overrides and "accuracy" in previous:
+            previous["reused"] = True
+            return previous
     env = dict(os.environ, OMP_NUM_THREADS=str(run.threads), MKL_NUM_THREADS=str(run.threads))
     # Idle OpenMP threads sleep instead of spinning: with --jobs 2 on two cores, spinning threads of one
     # run steal the other's time (epochs several times slower). The arithmetic does not change.
@@ -267,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", default=None, help="comma-separated subset, e.g. d0-s1,d1-s0-t1 (default: all 10)"
     )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument(
+        "--per-class", type=int, default=None, help="training clips per class (default: the demo's)"
+    )
     p.add_argument("--bar", type=float, default=0.97, help="held-out top-1 every run must reach")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -283,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo_matrix: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    datas = {s: ensure_data(out, s) for s in sorted({r.data_seed for r in runs})}
+    datas = {s: ensure_data(out, s, args.per_class) for s in sorted({r.data_seed for r in runs})}
     t0 = time.perf_counter()
     done: list[dict] = []
 
